@@ -1,0 +1,236 @@
+//! The `Backend` trait: what a storage engine must do to serve a [`Cache`](crate::Cache).
+//!
+//! A backend stores opaque bytes under storage keys. Everything typed
+//! (serde, the envelope), key building (prefix, version), TTL defaults and
+//! "expire at once" are done by the [`Cache`](crate::Cache) above it, so a
+//! backend stays small.
+//!
+//! # Writing your own backend
+//!
+//! Implement the required methods; the batch methods (`get_many`,
+//! `set_many`, `delete_many`) have correct default implementations that loop,
+//! which a backend overrides when it can do a batch in one round trip.
+//! Then check it with the conformance suite in `larder-testkit`, which every
+//! built-in backend passes.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use std::sync::Mutex;
+//! use larder_core::{async_trait, Backend, Bytes, Cache, Capabilities, ClearScope, Error, Expiry, Result};
+//!
+//! /// A toy backend without expiry, to show the shape.
+//! #[derive(Default)]
+//! struct MapBackend(Mutex<HashMap<String, Bytes>>);
+//!
+//! #[async_trait]
+//! impl Backend for MapBackend {
+//!     fn name(&self) -> &'static str { "map" }
+//!     fn capabilities(&self) -> Capabilities { Capabilities::default() }
+//!     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+//!         Ok(self.0.lock().unwrap().get(key).cloned())
+//!     }
+//!     async fn set(&self, key: &str, value: Bytes, _ttl: Expiry) -> Result<()> {
+//!         self.0.lock().unwrap().insert(key.to_owned(), value);
+//!         Ok(())
+//!     }
+//!     async fn add(&self, key: &str, value: Bytes, _ttl: Expiry) -> Result<bool> {
+//!         let mut map = self.0.lock().unwrap();
+//!         if map.contains_key(key) { return Ok(false) }
+//!         map.insert(key.to_owned(), value);
+//!         Ok(true)
+//!     }
+//!     async fn delete(&self, key: &str) -> Result<bool> {
+//!         Ok(self.0.lock().unwrap().remove(key).is_some())
+//!     }
+//!     async fn incr(&self, key: &str, delta: i64) -> Result<i64> {
+//!         let mut map = self.0.lock().unwrap();
+//!         let v = map.get_mut(key).ok_or_else(|| Error::NotFound { key: key.into() })?;
+//!         let n = larder_core::envelope::parse_integer(v)
+//!             .ok_or_else(|| Error::NotANumber { key: key.into() })?;
+//!         let n = n.checked_add(delta).ok_or_else(|| Error::Overflow { key: key.into() })?;
+//!         *v = Bytes::from(n.to_string());
+//!         Ok(n)
+//!     }
+//!     async fn touch(&self, key: &str, _ttl: Expiry) -> Result<bool> {
+//!         Ok(self.0.lock().unwrap().contains_key(key))
+//!     }
+//!     async fn clear(&self, scope: ClearScope<'_>) -> Result<()> {
+//!         let mut map = self.0.lock().unwrap();
+//!         match scope {
+//!             ClearScope::All => map.clear(),
+//!             ClearScope::Prefix(p) => map.retain(|k, _| !k.starts_with(p)),
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let cache = Cache::builder(MapBackend::default()).build().unwrap();
+//! cache.set("greeting", "hello", larder_core::Ttl::Default).await?;
+//! assert_eq!(cache.get::<String>("greeting").await?, Some("hello".to_owned()));
+//! # Ok::<(), Error>(()) }).unwrap();
+//! ```
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::ttl::Expiry;
+
+/// Optional abilities of a backend, which later layers (stampede control,
+/// `clear`) consult before relying on them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct Capabilities {
+    /// `clear(ClearScope::Prefix(..))` removes only keys with that prefix.
+    /// Without it, [`Cache::clear`](crate::Cache::clear) refuses to clear a
+    /// prefixed cache rather than wipe other caches' data.
+    pub prefix_clear: bool,
+    /// The backend can grant leases (one computation per key across
+    /// processes).
+    pub leases: bool,
+    /// The backend supports compare-and-set.
+    pub compare_and_set: bool,
+    /// `get_many`/`set_many` are one round trip rather than a loop.
+    pub batch: bool,
+    /// Data survives a restart of the process (file, SQL, Redis with persistence).
+    pub persistent: bool,
+    /// Several processes can share this backend's data.
+    pub shared: bool,
+}
+
+impl Capabilities {
+    /// All abilities off.
+    pub const NONE: Capabilities = Capabilities {
+        prefix_clear: false,
+        leases: false,
+        compare_and_set: false,
+        batch: false,
+        persistent: false,
+        shared: false,
+    };
+
+    /// Sets [`prefix_clear`](Self::prefix_clear).
+    pub const fn with_prefix_clear(mut self, on: bool) -> Self {
+        self.prefix_clear = on;
+        self
+    }
+    /// Sets [`leases`](Self::leases).
+    pub const fn with_leases(mut self, on: bool) -> Self {
+        self.leases = on;
+        self
+    }
+    /// Sets [`compare_and_set`](Self::compare_and_set).
+    pub const fn with_compare_and_set(mut self, on: bool) -> Self {
+        self.compare_and_set = on;
+        self
+    }
+    /// Sets [`batch`](Self::batch).
+    pub const fn with_batch(mut self, on: bool) -> Self {
+        self.batch = on;
+        self
+    }
+    /// Sets [`persistent`](Self::persistent).
+    pub const fn with_persistent(mut self, on: bool) -> Self {
+        self.persistent = on;
+        self
+    }
+    /// Sets [`shared`](Self::shared).
+    pub const fn with_shared(mut self, on: bool) -> Self {
+        self.shared = on;
+        self
+    }
+}
+
+/// Which keys [`Backend::clear`] removes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClearScope<'a> {
+    /// Every key the backend holds (Django's `clear`).
+    All,
+    /// Only storage keys starting with this string (e.g. `"myapp:"`).
+    Prefix(&'a str),
+}
+
+/// A storage engine: opaque bytes in and out under storage keys.
+///
+/// Object-safe, so a [`Cache`](crate::Cache) holds it as `Arc<dyn Backend>`.
+/// Keys arrive already validated (at most 250 bytes, no spaces or control
+/// characters). Expiries are never zero.
+///
+/// Semantics every backend follows (the conformance suite checks them):
+/// - an expired entry is absent for every operation;
+/// - `add` stores only when the key is absent (or expired) and says whether it did;
+/// - `incr` works on values that are ASCII decimal integers, is atomic, keeps
+///   the entry's expiry, and fails with `NotFound`, `NotANumber` or `Overflow`;
+/// - `delete` says whether something was deleted;
+/// - `touch` sets a new expiry on a live entry and says whether there was one.
+#[async_trait]
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for errors, logs and metrics (`"mem"`, `"redis"`, …).
+    fn name(&self) -> &'static str;
+
+    /// What this backend can do beyond the required operations.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Reads one entry.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+
+    /// Stores an entry, replacing any previous one.
+    async fn set(&self, key: &str, value: Bytes, ttl: Expiry) -> Result<()>;
+
+    /// Stores an entry only if the key is absent; returns whether it stored.
+    async fn add(&self, key: &str, value: Bytes, ttl: Expiry) -> Result<bool>;
+
+    /// Removes an entry; returns whether there was one.
+    async fn delete(&self, key: &str) -> Result<bool>;
+
+    /// Adds `delta` (which may be negative) to a stored integer and returns
+    /// the new value. Atomic; keeps the entry's expiry.
+    async fn incr(&self, key: &str, delta: i64) -> Result<i64>;
+
+    /// Gives a live entry a new expiry; returns whether there was one.
+    async fn touch(&self, key: &str, ttl: Expiry) -> Result<bool>;
+
+    /// Removes the entries in `scope`.
+    async fn clear(&self, scope: ClearScope<'_>) -> Result<()>;
+
+    /// Reads several entries; the result has one slot per key, in order.
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    /// Stores several entries with one expiry; returns the keys that failed.
+    async fn set_many(&self, entries: &[(&str, Bytes)], ttl: Expiry) -> Result<Vec<String>> {
+        let mut failed = Vec::new();
+        for (key, value) in entries {
+            if let Err(e) = self.set(key, value.clone(), ttl).await {
+                tracing::warn!(backend = self.name(), key, error = %e, "set_many: entry not stored");
+                failed.push((*key).to_owned());
+            }
+        }
+        Ok(failed)
+    }
+
+    /// Removes several entries; returns how many existed.
+    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        let mut n = 0;
+        for key in keys {
+            n += u64::from(self.delete(key).await?);
+        }
+        Ok(n)
+    }
+
+    /// Whether a live entry exists.
+    async fn has_key(&self, key: &str) -> Result<bool> {
+        Ok(self.get(key).await?.is_some())
+    }
+
+    /// Releases connections and files. The backend may not be used afterwards.
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}

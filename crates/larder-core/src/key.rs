@@ -1,0 +1,233 @@
+//! Building the storage key from the caller's key, the prefix and the version.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::error::{Error, Result};
+
+/// The longest storage key any backend accepts, in bytes (memcached's limit,
+/// which Django also warns about).
+pub const MAX_KEY_BYTES: usize = 250;
+
+/// A custom key function: `(key, prefix, version) -> storage key`, as Django's
+/// `KEY_FUNCTION`. The result is still validated (length, characters).
+pub type KeyFn = Arc<dyn Fn(&str, &str, u64) -> String + Send + Sync>;
+
+/// How a [`Cache`](crate::Cache) turns the caller's key into the key a backend stores.
+///
+/// The default form is Django's: `prefix:version:key`. Because a prefix may
+/// not contain `:` and the version is a number, two different
+/// `(prefix, version, key)` triples never produce the same storage key.
+#[derive(Clone)]
+pub struct KeyPolicy {
+    prefix: Arc<str>,
+    key_fn: Option<KeyFn>,
+    hash_long_keys: bool,
+}
+
+impl std::fmt::Debug for KeyPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyPolicy")
+            .field("prefix", &self.prefix)
+            .field("key_fn", &self.key_fn.as_ref().map(|_| "<fn>"))
+            .field("hash_long_keys", &self.hash_long_keys)
+            .finish()
+    }
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        KeyPolicy {
+            prefix: Arc::from(""),
+            key_fn: None,
+            hash_long_keys: false,
+        }
+    }
+}
+
+impl KeyPolicy {
+    /// Sets the prefix. A prefix may not contain `:` (it separates prefix,
+    /// version and key, and allowing it would let two caches collide) nor
+    /// characters that are invalid in keys.
+    pub fn with_prefix(mut self, prefix: &str) -> Result<Self> {
+        if prefix.contains(':') {
+            return Err(Error::config(format!(
+                "key prefix {prefix:?} contains ':'; ':' separates prefix, version and key, use '.', '/' or '_' instead"
+            )));
+        }
+        if let Some(c) = prefix.chars().find(|c| is_forbidden(*c)) {
+            return Err(Error::config(format!(
+                "key prefix {prefix:?} contains the character {c:?}; spaces and control characters are not allowed"
+            )));
+        }
+        self.prefix = Arc::from(prefix);
+        Ok(self)
+    }
+
+    /// Sets a custom key function (Django's `KEY_FUNCTION`).
+    pub fn with_key_fn(mut self, f: KeyFn) -> Self {
+        self.key_fn = Some(f);
+        self
+    }
+
+    /// When true, keys whose storage form is longer than [`MAX_KEY_BYTES`]
+    /// are replaced by `prefix:version:#` and the SHA-256 of the full key
+    /// instead of being rejected.
+    pub fn with_hash_long_keys(mut self, on: bool) -> Self {
+        self.hash_long_keys = on;
+        self
+    }
+
+    /// The configured prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// True when a custom key function is set. Then `clear` cannot know which
+    /// storage keys belong to this cache.
+    pub fn has_key_fn(&self) -> bool {
+        self.key_fn.is_some()
+    }
+
+    /// The storage-key prefix every key of this cache starts with
+    /// (`"prefix:"`), or `None` when a custom key function makes it unknown or
+    /// the prefix is empty (then the cache owns the whole keyspace).
+    pub fn clear_scope(&self) -> Option<String> {
+        if self.key_fn.is_some() || self.prefix.is_empty() {
+            None
+        } else {
+            Some(format!("{}:", self.prefix))
+        }
+    }
+
+    /// Builds and validates the storage key for `key` at `version`.
+    pub fn make_key(&self, key: &str, version: u64) -> Result<String> {
+        let full = match &self.key_fn {
+            Some(f) => f(key, &self.prefix, version),
+            None => {
+                let mut s = String::with_capacity(self.prefix.len() + key.len() + 8);
+                s.push_str(&self.prefix);
+                s.push(':');
+                push_u64(&mut s, version);
+                s.push(':');
+                s.push_str(key);
+                s
+            }
+        };
+        if let Some(c) = full.chars().find(|c| is_forbidden(*c)) {
+            return Err(Error::InvalidKey {
+                key: truncate(key),
+                reason: format!(
+                    "contains {c:?}; spaces and control characters cannot be stored by memcached-compatible backends"
+                ),
+            });
+        }
+        if full.len() > MAX_KEY_BYTES {
+            if self.hash_long_keys {
+                let digest = Sha256::digest(full.as_bytes());
+                let mut s = String::with_capacity(self.prefix.len() + 90);
+                s.push_str(&self.prefix);
+                s.push(':');
+                push_u64(&mut s, version);
+                s.push_str(":#");
+                for b in digest {
+                    let _ = write!(s, "{b:02x}");
+                }
+                return Ok(s);
+            }
+            return Err(Error::InvalidKey {
+                key: truncate(key),
+                reason: format!(
+                    "the storage key is {} bytes, over the limit of {MAX_KEY_BYTES}; shorten it or enable hash_long_keys",
+                    full.len()
+                ),
+            });
+        }
+        Ok(full)
+    }
+}
+
+fn is_forbidden(c: char) -> bool {
+    c == ' ' || c.is_control()
+}
+
+fn truncate(key: &str) -> String {
+    if key.len() <= 300 {
+        return key.to_owned();
+    }
+    let mut end = 300;
+    while !key.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &key[..end])
+}
+
+/// Appends a decimal number without going through `fmt` (this is on every
+/// operation's path).
+fn push_u64(s: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    // The buffer holds only ASCII digits.
+    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_form_is_djangos() {
+        let p = KeyPolicy::default().with_prefix("app").unwrap();
+        assert_eq!(p.make_key("user:1", 3).unwrap(), "app:3:user:1");
+        assert_eq!(KeyPolicy::default().make_key("k", 1).unwrap(), ":1:k");
+    }
+
+    #[test]
+    fn prefix_with_colon_is_refused() {
+        let err = KeyPolicy::default().with_prefix("a:1").unwrap_err();
+        assert!(err.to_string().contains("':'"), "{err}");
+    }
+
+    #[test]
+    fn length_is_counted_in_bytes() {
+        let p = KeyPolicy::default();
+        // ":1:" is 3 bytes; 'é' is 2 bytes.
+        let ok = "é".repeat(123);
+        assert!(p.make_key(&ok, 1).is_ok());
+        let too_long = "é".repeat(124);
+        assert!(matches!(
+            p.make_key(&too_long, 1),
+            Err(Error::InvalidKey { .. })
+        ));
+    }
+
+    #[test]
+    fn hashing_is_stable_and_distinct() {
+        let p = KeyPolicy::default().with_hash_long_keys(true);
+        let a = p.make_key(&"a".repeat(400), 1).unwrap();
+        let b = p.make_key(&"b".repeat(400), 1).unwrap();
+        assert_ne!(a, b);
+        assert_eq!(a, p.make_key(&"a".repeat(400), 1).unwrap());
+        assert!(a.len() <= MAX_KEY_BYTES);
+        assert!(a.starts_with(":1:#"));
+    }
+
+    #[test]
+    fn numbers_are_written_exactly() {
+        let mut s = String::new();
+        push_u64(&mut s, 0);
+        s.push(',');
+        push_u64(&mut s, u64::MAX);
+        assert_eq!(s, "0,18446744073709551615");
+    }
+}

@@ -1,0 +1,42 @@
+//! # larder-core
+//!
+//! The foundation of [larder](https://docs.rs/larder): the [`Backend`] trait
+//! every storage engine implements, the typed [`Cache`] handle applications
+//! use, keys ([`KeyPolicy`]), TTLs ([`Ttl`]) and the value [`envelope`].
+//!
+//! Most applications depend on the `larder` facade crate instead, which
+//! re-exports this crate and adds `Cache::from_url` for the built-in backends.
+//!
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+//! use larder_core::{Cache, DummyBackend, Ttl};
+//!
+//! let cache = Cache::builder(DummyBackend).key_prefix("shop").version(2).build()?;
+//! assert_eq!(cache.make_key("cart:7")?, "shop:2:cart:7");
+//! let total: u32 = cache
+//!     .get_or_compute("cart:7", Ttl::secs(30), || async { Ok::<_, larder_core::Error>(99) })
+//!     .await?;
+//! assert_eq!(total, 99);
+//! # Ok::<(), larder_core::Error>(()) }).unwrap();
+//! ```
+#![warn(missing_docs)]
+
+pub mod backend;
+mod cache;
+mod dummy;
+pub mod envelope;
+mod error;
+mod key;
+mod ttl;
+pub mod url;
+
+pub use async_trait::async_trait;
+pub use backend::{Backend, Capabilities, ClearScope};
+pub use bytes::Bytes;
+pub use cache::{Cache, CacheBuilder, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL};
+pub use dummy::DummyBackend;
+pub use envelope::Codec;
+pub use error::{Error, Result};
+pub use key::{KeyFn, KeyPolicy, MAX_KEY_BYTES};
+pub use ttl::{Expiry, Resolved, Ttl};
+pub use url::CacheUrl;

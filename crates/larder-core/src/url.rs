@@ -1,0 +1,186 @@
+//! Cache URLs: `scheme://authority/path?option=value&…`.
+//!
+//! A small parser rather than the `url` crate because cache URLs are not
+//! always RFC 3986 URLs: `memcached://h1:11211,h2:11212` lists several hosts.
+//! Every option must be consumed by someone; [`CacheUrl::finish`] reports
+//! the ones nobody understood, by name.
+
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// A parsed cache URL whose options are taken one by one.
+#[derive(Debug, Clone)]
+pub struct CacheUrl {
+    original: String,
+    scheme: String,
+    authority: String,
+    path: String,
+    params: Vec<(String, String)>,
+}
+
+impl CacheUrl {
+    /// Parses `scheme://authority/path?k=v&…`. Percent-escapes in option
+    /// values are decoded; the authority and path are kept as written (with
+    /// percent-escapes decoded in the path).
+    pub fn parse(url: &str) -> Result<CacheUrl> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            Error::config(format!(
+                "cache URL {url:?} has no scheme; expected e.g. \"mem://\", \"file:///var/cache/app\" or \"dummy://\""
+            ))
+        })?;
+        if scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-' || c == '.')
+        {
+            return Err(Error::config(format!(
+                "cache URL {url:?} has an invalid scheme {scheme:?}"
+            )));
+        }
+        let (before_query, query) = match rest.split_once('?') {
+            Some((a, q)) => (a, q),
+            None => (rest, ""),
+        };
+        let (authority, path) = match before_query.find('/') {
+            Some(i) => (&before_query[..i], &before_query[i..]),
+            None => (before_query, ""),
+        };
+        let path: String =
+            form_urlencoded::parse(format!("p={}", path.replace('+', "%2B")).as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or_default();
+        let params = form_urlencoded::parse(query.as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        Ok(CacheUrl {
+            original: url.to_owned(),
+            scheme: scheme.to_ascii_lowercase(),
+            authority: authority.to_owned(),
+            path,
+            params,
+        })
+    }
+
+    /// The scheme, lower-cased (`"mem"`, `"file"`, …).
+    pub fn scheme(&self) -> &str {
+        &self.scheme
+    }
+
+    /// Everything between `://` and the path: `host:port`, `user:pass@host`,
+    /// or a comma-separated host list.
+    pub fn authority(&self) -> &str {
+        &self.authority
+    }
+
+    /// The path, starting with `/`, or empty.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// The URL as given.
+    pub fn as_str(&self) -> &str {
+        &self.original
+    }
+
+    /// Removes and returns an option (the last one when repeated).
+    pub fn take(&mut self, name: &str) -> Option<String> {
+        let mut found = None;
+        self.params.retain(|(k, v)| {
+            if k == name {
+                found = Some(v.clone());
+                false
+            } else {
+                true
+            }
+        });
+        found
+    }
+
+    /// Removes an option and parses it, naming the option on failure.
+    pub fn take_parsed<T: FromStr>(&mut self, name: &str) -> Result<Option<T>>
+    where
+        T::Err: std::fmt::Display,
+    {
+        match self.take(name) {
+            None => Ok(None),
+            Some(v) => v.parse().map(Some).map_err(|e| {
+                Error::config(format!(
+                    "option {name}={v:?} in {:?} is not valid: {e}",
+                    self.original
+                ))
+            }),
+        }
+    }
+
+    /// Removes a boolean option (`true/false`, `1/0`, `yes/no`, `on/off`).
+    pub fn take_bool(&mut self, name: &str) -> Result<Option<bool>> {
+        match self.take(name) {
+            None => Ok(None),
+            Some(v) => match v.to_ascii_lowercase().as_str() {
+                "true" | "1" | "yes" | "on" => Ok(Some(true)),
+                "false" | "0" | "no" | "off" => Ok(Some(false)),
+                _ => Err(Error::config(format!(
+                    "option {name}={v:?} in {:?} is not a boolean (true/false)",
+                    self.original
+                ))),
+            },
+        }
+    }
+
+    /// Fails naming every option nobody took.
+    pub fn finish(self) -> Result<()> {
+        if self.params.is_empty() {
+            return Ok(());
+        }
+        let names: Vec<&str> = self.params.iter().map(|(k, _)| k.as_str()).collect();
+        Err(Error::config(format!(
+            "unknown option{} {} in cache URL {:?}",
+            if names.len() > 1 { "s" } else { "" },
+            names.join(", "),
+            self.original
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts() {
+        let mut u =
+            CacheUrl::parse("file:///var/cache/my%20app?max_entries=10&key_prefix=a").unwrap();
+        assert_eq!(u.scheme(), "file");
+        assert_eq!(u.authority(), "");
+        assert_eq!(u.path(), "/var/cache/my app");
+        assert_eq!(u.take_parsed::<u64>("max_entries").unwrap(), Some(10));
+        assert_eq!(u.take("key_prefix").as_deref(), Some("a"));
+        u.finish().unwrap();
+    }
+
+    #[test]
+    fn host_lists_survive() {
+        let u = CacheUrl::parse("memcached://h1:11211,h2:11212?x=1").unwrap();
+        assert_eq!(u.authority(), "h1:11211,h2:11212");
+    }
+
+    #[test]
+    fn unknown_options_are_named() {
+        let u = CacheUrl::parse("mem://?max_entires=5&bogus=1").unwrap();
+        let err = u.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("max_entires") && err.contains("bogus"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bad_values_are_named() {
+        let mut u = CacheUrl::parse("mem://?max_entries=lots").unwrap();
+        let err = u.take_parsed::<u64>("max_entries").unwrap_err().to_string();
+        assert!(err.contains("max_entries"), "{err}");
+        assert!(CacheUrl::parse("no-scheme").is_err());
+    }
+}

@@ -1,0 +1,1221 @@
+//! The conformance cases for backends that store. Each takes a [`Ctx`] and
+//! panics with a message naming the broken behaviour.
+//!
+//! Expiry cases use TTLs of whole seconds and wait a little over two seconds,
+//! because memcached and Redis count lifetimes in seconds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use larder_core::{Bytes, Codec, Error, Expiry, Ttl};
+use serde::{Deserialize, Serialize};
+
+use crate::Ctx;
+
+/// A TTL short enough to wait out in a test.
+pub const SHORT: Ttl = Ttl::secs(1);
+/// Longer than [`SHORT`] on every backend, including second-granular ones.
+pub const WAIT_OUT_SHORT: Duration = Duration::from_millis(2100);
+const LONG: Ttl = Ttl::secs(3600);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Post {
+    id: u64,
+    title: String,
+    tags: Vec<String>,
+    score: f64,
+    author: Option<String>,
+}
+
+fn post() -> Post {
+    Post {
+        id: 42,
+        title: "Caching and Django: a primer".into(),
+        tags: vec!["cache".into(), "django".into()],
+        score: 4.5,
+        author: None,
+    }
+}
+
+async fn wait_out_short() {
+    tokio::time::sleep(WAIT_OUT_SHORT).await;
+}
+
+// ---------------------------------------------------------------- basics
+
+/// A value set is read back.
+pub async fn set_then_get(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", LONG).await.unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap().as_deref(), Some("v"));
+}
+
+/// A key never set reads as `None`.
+pub async fn get_missing_is_none(ctx: &Ctx) {
+    let c = ctx.cache();
+    assert_eq!(c.get::<String>("never-set").await.unwrap(), None);
+}
+
+/// A second set replaces the first.
+pub async fn set_overwrites(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "one", LONG).await.unwrap();
+    c.set("k", "two", LONG).await.unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap().as_deref(), Some("two"));
+}
+
+/// A stored `None` is a hit, distinct from a miss.
+pub async fn stored_none_is_a_hit(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", &None::<u32>, LONG).await.unwrap();
+    assert_eq!(c.get::<Option<u32>>("k").await.unwrap(), Some(None));
+    assert!(c.has_key("k").await.unwrap());
+    assert_eq!(c.get::<Option<u32>>("absent").await.unwrap(), None);
+}
+
+/// The unit value and empty containers are hits.
+pub async fn empty_values_are_hits(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("unit", &(), LONG).await.unwrap();
+    c.set("s", "", LONG).await.unwrap();
+    c.set("v", &Vec::<u8>::new(), LONG).await.unwrap();
+    assert_eq!(c.get::<()>("unit").await.unwrap(), Some(()));
+    assert_eq!(c.get::<String>("s").await.unwrap().as_deref(), Some(""));
+    assert_eq!(c.get::<Vec<u8>>("v").await.unwrap(), Some(vec![]));
+}
+
+/// A struct with nested fields round-trips.
+pub async fn struct_round_trip(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("post", &post(), LONG).await.unwrap();
+    assert_eq!(c.get::<Post>("post").await.unwrap(), Some(post()));
+}
+
+/// Integers of every width and sign, including the extremes, round-trip.
+pub async fn integers_round_trip(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("min", &i64::MIN, LONG).await.unwrap();
+    c.set("max", &i64::MAX, LONG).await.unwrap();
+    c.set("umax", &u64::MAX, LONG).await.unwrap();
+    c.set("neg", &-7i8, LONG).await.unwrap();
+    c.set("zero", &0u16, LONG).await.unwrap();
+    assert_eq!(c.get::<i64>("min").await.unwrap(), Some(i64::MIN));
+    assert_eq!(c.get::<i64>("max").await.unwrap(), Some(i64::MAX));
+    assert_eq!(c.get::<u64>("umax").await.unwrap(), Some(u64::MAX));
+    assert_eq!(c.get::<i8>("neg").await.unwrap(), Some(-7));
+    assert_eq!(c.get::<u16>("zero").await.unwrap(), Some(0));
+}
+
+/// Floats, booleans and chars round-trip exactly.
+pub async fn scalars_round_trip(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("f", &std::f64::consts::PI, LONG).await.unwrap();
+    c.set("b", &true, LONG).await.unwrap();
+    c.set("c", &'ß', LONG).await.unwrap();
+    assert_eq!(c.get::<f64>("f").await.unwrap(), Some(std::f64::consts::PI));
+    assert_eq!(c.get::<bool>("b").await.unwrap(), Some(true));
+    assert_eq!(c.get::<char>("c").await.unwrap(), Some('ß'));
+}
+
+/// Maps, vectors and tuples round-trip.
+pub async fn collections_round_trip(ctx: &Ctx) {
+    let c = ctx.cache();
+    let map: BTreeMap<String, Vec<(u8, String)>> = [
+        ("a".to_string(), vec![(1, "x".to_string())]),
+        ("b".to_string(), vec![]),
+    ]
+    .into();
+    c.set("m", &map, LONG).await.unwrap();
+    assert_eq!(
+        c.get::<BTreeMap<String, Vec<(u8, String)>>>("m")
+            .await
+            .unwrap(),
+        Some(map)
+    );
+}
+
+/// Unicode text of every plane round-trips.
+pub async fn unicode_values(ctx: &Ctx) {
+    let c = ctx.cache();
+    let text = "Ünïcödé — 日本語 — עברית — 🦀🚀 — \u{0}\u{7f}";
+    c.set("u", text, LONG).await.unwrap();
+    assert_eq!(c.get::<String>("u").await.unwrap().as_deref(), Some(text));
+}
+
+/// Every byte value round-trips.
+pub async fn binary_values(ctx: &Ctx) {
+    let c = ctx.cache();
+    let bytes: Vec<u8> = (0..=255u8).cycle().take(4096).collect();
+    c.set("bin", &bytes, LONG).await.unwrap();
+    assert_eq!(c.get::<Vec<u8>>("bin").await.unwrap(), Some(bytes));
+}
+
+/// A 1 MiB incompressible value round-trips.
+pub async fn one_mib_value(ctx: &Ctx) {
+    let c = ctx.cache();
+    let mut rng = fastrand::Rng::with_seed(7);
+    let bytes: Vec<u8> = (0..(1 << 20)).map(|_| rng.u8(..)).collect();
+    c.set("big", &bytes, LONG).await.unwrap();
+    assert_eq!(c.get::<Vec<u8>>("big").await.unwrap(), Some(bytes));
+}
+
+/// A 4 MiB compressible value round-trips.
+pub async fn four_mib_compressible_value(ctx: &Ctx) {
+    let c = ctx.cache();
+    let text = "larder ".repeat((4 << 20) / 7);
+    c.set("big", &text, LONG).await.unwrap();
+    assert_eq!(c.get::<String>("big").await.unwrap(), Some(text));
+}
+
+/// Reading a value as the wrong type is a miss, not an error or a panic.
+pub async fn wrong_type_is_a_miss(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "not a post", LONG).await.unwrap();
+    assert_eq!(c.get::<Post>("k").await.unwrap(), None);
+    // The entry is still there for a reader of the right type.
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("not a post")
+    );
+}
+
+/// Keys may contain any non-space, non-control Unicode.
+pub async fn unicode_keys(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("ключ:ü/日本#?&%", &1u8, LONG).await.unwrap();
+    assert_eq!(c.get::<u8>("ключ:ü/日本#?&%").await.unwrap(), Some(1));
+    assert_eq!(c.get::<u8>("ключ:u/日本#?&%").await.unwrap(), None);
+}
+
+/// The empty key is a valid key.
+pub async fn empty_key(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("", "empty", LONG).await.unwrap();
+    assert_eq!(c.get::<String>("").await.unwrap().as_deref(), Some("empty"));
+}
+
+/// The JSON codec round-trips.
+pub async fn json_codec(ctx: &Ctx) {
+    let c = ctx.builder().codec(Codec::Json).build().unwrap();
+    c.set("post", &post(), LONG).await.unwrap();
+    assert_eq!(c.get::<Post>("post").await.unwrap(), Some(post()));
+}
+
+/// A value written with one codec is read by a cache configured with another.
+pub async fn codecs_read_each_other(ctx: &Ctx) {
+    let json = ctx.builder().codec(Codec::Json).build().unwrap();
+    let postcard = ctx.builder().codec(Codec::Postcard).build().unwrap();
+    json.set("a", &post(), LONG).await.unwrap();
+    postcard.set("b", &post(), LONG).await.unwrap();
+    assert_eq!(postcard.get::<Post>("a").await.unwrap(), Some(post()));
+    assert_eq!(json.get::<Post>("b").await.unwrap(), Some(post()));
+}
+
+/// With compression off, large values still round-trip.
+pub async fn compression_off(ctx: &Ctx) {
+    let c = ctx.builder().compress_above(None).build().unwrap();
+    let text = "z".repeat(100_000);
+    c.set("k", &text, LONG).await.unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap(), Some(text));
+}
+
+// ---------------------------------------------------------------- add
+
+/// `add` stores when the key is absent and says so.
+pub async fn add_when_absent(ctx: &Ctx) {
+    let c = ctx.cache();
+    assert!(c.add("k", "first", LONG).await.unwrap());
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("first")
+    );
+}
+
+/// `add` leaves a present key alone and says so.
+pub async fn add_when_present(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "first", LONG).await.unwrap();
+    assert!(!c.add("k", "second", LONG).await.unwrap());
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("first")
+    );
+}
+
+/// `add` treats an expired key as absent.
+pub async fn add_after_expiry(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "old", SHORT).await.unwrap();
+    wait_out_short().await;
+    assert!(c.add("k", "new", LONG).await.unwrap());
+    assert_eq!(c.get::<String>("k").await.unwrap().as_deref(), Some("new"));
+}
+
+/// `add` with a zero TTL stores nothing, and reports whether it would have.
+pub async fn add_zero_ttl(ctx: &Ctx) {
+    let c = ctx.cache();
+    assert!(c.add("absent", "v", Ttl::secs(0)).await.unwrap());
+    assert_eq!(c.get::<String>("absent").await.unwrap(), None);
+    c.set("present", "kept", LONG).await.unwrap();
+    assert!(!c.add("present", "v", Ttl::secs(0)).await.unwrap());
+    assert_eq!(
+        c.get::<String>("present").await.unwrap().as_deref(),
+        Some("kept")
+    );
+}
+
+/// Of many concurrent `add`s of one key, exactly one wins.
+pub async fn add_is_atomic(ctx: &Ctx) {
+    let c = ctx.cache();
+    let mut tasks = Vec::new();
+    for i in 0..32u32 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            (i, c.add("k", &i, LONG).await.unwrap())
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (i, won) = t.await.unwrap();
+        if won {
+            winners.push(i);
+        }
+    }
+    assert_eq!(winners.len(), 1, "winners: {winners:?}");
+    assert_eq!(c.get::<u32>("k").await.unwrap(), Some(winners[0]));
+}
+
+// ---------------------------------------------------------------- get_many / set_many
+
+/// `get_many` returns only the hits, under the caller's keys.
+pub async fn get_many_only_hits(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("a", &1u32, LONG).await.unwrap();
+    c.set("c", &3u32, LONG).await.unwrap();
+    let got: HashMap<String, u32> = c.get_many(&["a", "b", "c"]).await.unwrap();
+    assert_eq!(got, HashMap::from([("a".into(), 1), ("c".into(), 3)]));
+}
+
+/// `get_many` of nothing is empty.
+pub async fn get_many_empty(ctx: &Ctx) {
+    let c = ctx.cache();
+    let keys: [&str; 0] = [];
+    assert!(c.get_many::<u32, _>(&keys).await.unwrap().is_empty());
+}
+
+/// `get_many` skips expired entries.
+pub async fn get_many_skips_expired(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("short", &1u32, SHORT).await.unwrap();
+    c.set("long", &2u32, LONG).await.unwrap();
+    wait_out_short().await;
+    let got: HashMap<String, u32> = c.get_many(&["short", "long"]).await.unwrap();
+    assert_eq!(got, HashMap::from([("long".into(), 2)]));
+}
+
+/// `get_many` skips entries that do not decode as the type.
+pub async fn get_many_skips_wrong_type(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &1u32, LONG).await.unwrap();
+    c.set("s", "text", LONG).await.unwrap();
+    let got: HashMap<String, u32> = c.get_many(&["n", "s"]).await.unwrap();
+    assert_eq!(got, HashMap::from([("n".into(), 1)]));
+}
+
+/// `set_many` stores everything and reports no failures.
+pub async fn set_many_then_get_many(ctx: &Ctx) {
+    let c = ctx.cache();
+    let items: Vec<(String, u32)> = (0..50).map(|i| (format!("k{i}"), i)).collect();
+    let failed = c.set_many::<u32, _, _>(&items, LONG).await.unwrap();
+    assert!(failed.is_empty(), "failed: {failed:?}");
+    let keys: Vec<&str> = items.iter().map(|(k, _)| k.as_str()).collect();
+    let got: HashMap<String, u32> = c.get_many(&keys).await.unwrap();
+    assert_eq!(got.len(), 50);
+    for (k, v) in &items {
+        assert_eq!(got.get(k), Some(v));
+    }
+}
+
+/// `set_many` applies the TTL to every entry.
+pub async fn set_many_ttl(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set_many::<u32, _, _>(&[("a", 1u32), ("b", 2)], SHORT)
+        .await
+        .unwrap();
+    assert!(c.has_key("a").await.unwrap());
+    wait_out_short().await;
+    assert!(!c.has_key("a").await.unwrap());
+    assert!(!c.has_key("b").await.unwrap());
+}
+
+/// `set_many` with a zero TTL removes the keys.
+pub async fn set_many_zero_ttl_removes(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("a", &1u32, LONG).await.unwrap();
+    let failed = c
+        .set_many::<u32, _, _>(&[("a", 5u32), ("b", 6)], Ttl::secs(0))
+        .await
+        .unwrap();
+    assert!(failed.is_empty());
+    assert_eq!(c.get::<u32>("a").await.unwrap(), None);
+    assert_eq!(c.get::<u32>("b").await.unwrap(), None);
+}
+
+/// `set_many` of structs, read back one by one.
+pub async fn set_many_structs(ctx: &Ctx) {
+    let c = ctx.cache();
+    let mut p2 = post();
+    p2.id = 43;
+    c.set_many::<Post, _, _>(&[("p1", post()), ("p2", p2.clone())], LONG)
+        .await
+        .unwrap();
+    assert_eq!(c.get::<Post>("p1").await.unwrap(), Some(post()));
+    assert_eq!(c.get::<Post>("p2").await.unwrap(), Some(p2));
+}
+
+// ---------------------------------------------------------------- delete / has_key
+
+/// `delete` of a present key returns true and removes it.
+pub async fn delete_present(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", LONG).await.unwrap();
+    assert!(c.delete("k").await.unwrap());
+    assert_eq!(c.get::<String>("k").await.unwrap(), None);
+}
+
+/// `delete` of an absent key returns false.
+pub async fn delete_absent(ctx: &Ctx) {
+    let c = ctx.cache();
+    assert!(!c.delete("never").await.unwrap());
+}
+
+/// `delete` of an expired key returns false.
+pub async fn delete_expired(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", SHORT).await.unwrap();
+    wait_out_short().await;
+    assert!(!c.delete("k").await.unwrap());
+}
+
+/// `delete_many` removes every key and counts those that existed.
+pub async fn delete_many_counts(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("a", &1u8, LONG).await.unwrap();
+    c.set("b", &2u8, LONG).await.unwrap();
+    assert_eq!(c.delete_many(&["a", "b", "c"]).await.unwrap(), 2);
+    assert!(!c.has_key("a").await.unwrap());
+    assert!(!c.has_key("b").await.unwrap());
+}
+
+/// `has_key` tells present from absent.
+pub async fn has_key_present_absent(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", &1u8, LONG).await.unwrap();
+    assert!(c.has_key("k").await.unwrap());
+    assert!(!c.has_key("other").await.unwrap());
+}
+
+/// `has_key` is false once the entry expired.
+pub async fn has_key_expired(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", &1u8, SHORT).await.unwrap();
+    wait_out_short().await;
+    assert!(!c.has_key("k").await.unwrap());
+}
+
+// ---------------------------------------------------------------- incr / decr
+
+/// `incr` adds to a stored integer and returns the result.
+pub async fn incr_existing(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &10i64, LONG).await.unwrap();
+    assert_eq!(c.incr("n", 1).await.unwrap(), 11);
+    assert_eq!(c.incr("n", 5).await.unwrap(), 16);
+    assert_eq!(c.get::<i64>("n").await.unwrap(), Some(16));
+}
+
+/// `decr` subtracts.
+pub async fn decr_existing(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &10u32, LONG).await.unwrap();
+    assert_eq!(c.decr("n", 3).await.unwrap(), 7);
+    assert_eq!(c.get::<u32>("n").await.unwrap(), Some(7));
+}
+
+/// `incr` with a negative delta subtracts; `decr` with one adds.
+pub async fn incr_negative_delta(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &10i64, LONG).await.unwrap();
+    assert_eq!(c.incr("n", -4).await.unwrap(), 6);
+    assert_eq!(c.decr("n", -4).await.unwrap(), 10);
+}
+
+/// Counters may go below zero.
+pub async fn decr_below_zero(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &1i64, LONG).await.unwrap();
+    assert_eq!(c.decr("n", 3).await.unwrap(), -2);
+    assert_eq!(c.incr("n", -1).await.unwrap(), -3);
+    assert_eq!(c.get::<i64>("n").await.unwrap(), Some(-3));
+}
+
+/// `incr`/`decr` on a missing key is `NotFound` naming the caller's key, and
+/// creates nothing.
+pub async fn incr_missing_not_found(ctx: &Ctx) {
+    let c = ctx.cache();
+    match c.incr("missing", 1).await {
+        Err(Error::NotFound { key }) => assert_eq!(key, "missing"),
+        other => panic!("expected NotFound, got {other:?}"),
+    }
+    assert!(matches!(
+        c.decr("missing", 1).await,
+        Err(Error::NotFound { .. })
+    ));
+    assert!(!c.has_key("missing").await.unwrap());
+}
+
+/// `incr` on an expired key is `NotFound`.
+pub async fn incr_expired_not_found(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &1i64, SHORT).await.unwrap();
+    wait_out_short().await;
+    assert!(matches!(c.incr("n", 1).await, Err(Error::NotFound { .. })));
+}
+
+/// `incr` on text is `NotANumber` and leaves the value alone.
+pub async fn incr_text_not_a_number(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("s", "abc", LONG).await.unwrap();
+    match c.incr("s", 1).await {
+        Err(Error::NotANumber { key }) => assert_eq!(key, "s"),
+        other => panic!("expected NotANumber, got {other:?}"),
+    }
+    assert_eq!(c.get::<String>("s").await.unwrap().as_deref(), Some("abc"));
+}
+
+/// `incr` on a float or a struct is `NotANumber`.
+pub async fn incr_float_not_a_number(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("f", &1.5f64, LONG).await.unwrap();
+    c.set("p", &post(), LONG).await.unwrap();
+    assert!(matches!(
+        c.incr("f", 1).await,
+        Err(Error::NotANumber { .. })
+    ));
+    assert!(matches!(
+        c.incr("p", 1).await,
+        Err(Error::NotANumber { .. })
+    ));
+    assert_eq!(c.get::<f64>("f").await.unwrap(), Some(1.5));
+}
+
+/// `incr` past the 64-bit range is `Overflow` and leaves the value alone.
+pub async fn incr_overflow(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &(i64::MAX - 1), LONG).await.unwrap();
+    assert_eq!(c.incr("n", 1).await.unwrap(), i64::MAX);
+    assert!(matches!(c.incr("n", 1).await, Err(Error::Overflow { .. })));
+    assert_eq!(c.get::<i64>("n").await.unwrap(), Some(i64::MAX));
+    c.set("m", &(i64::MIN + 1), LONG).await.unwrap();
+    assert!(matches!(c.decr("m", 2).await, Err(Error::Overflow { .. })));
+}
+
+/// `incr` keeps the entry's TTL (Django's locmem and db backends reset it).
+pub async fn incr_keeps_ttl(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &1i64, SHORT).await.unwrap();
+    assert_eq!(c.incr("n", 1).await.unwrap(), 2);
+    wait_out_short().await;
+    assert_eq!(c.get::<i64>("n").await.unwrap(), None);
+}
+
+/// `incr` keeps a "never" TTL.
+pub async fn incr_keeps_no_expiry(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &1i64, Ttl::Never).await.unwrap();
+    c.incr("n", 1).await.unwrap();
+    wait_out_short().await;
+    assert_eq!(c.get::<i64>("n").await.unwrap(), Some(2));
+}
+
+/// Many tasks incrementing one key end at the exact sum.
+pub async fn incr_concurrent_exact_sum(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &0i64, LONG).await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..50 {
+                c.incr("n", 1).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(c.get::<i64>("n").await.unwrap(), Some(800));
+}
+
+/// Concurrent increments and decrements net out exactly.
+pub async fn incr_decr_concurrent_net(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("n", &1000i64, LONG).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                if t % 2 == 0 {
+                    c.incr("n", 3).await.unwrap();
+                } else {
+                    c.decr("n", 2).await.unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    // 4 tasks × 40 × 3 − 4 tasks × 40 × 2
+    assert_eq!(c.get::<i64>("n").await.unwrap(), Some(1000 + 480 - 320));
+}
+
+/// An integer written by another client as bare decimal is readable and
+/// incrementable.
+pub async fn foreign_integer_is_readable(ctx: &Ctx) {
+    let c = ctx.cache();
+    let skey = c.make_key("n").unwrap();
+    ctx.backend
+        .set(
+            &skey,
+            Bytes::from_static(b"41"),
+            Expiry::After(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.get::<i64>("n").await.unwrap(), Some(41));
+    assert_eq!(c.incr("n", 1).await.unwrap(), 42);
+}
+
+// ---------------------------------------------------------------- expiry
+
+/// An entry is gone after its TTL.
+pub async fn expires_after_ttl(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", SHORT).await.unwrap();
+    assert!(c.has_key("k").await.unwrap());
+    wait_out_short().await;
+    assert_eq!(c.get::<String>("k").await.unwrap(), None);
+}
+
+/// A zero TTL stores nothing and removes what was there.
+pub async fn zero_ttl_not_retrievable(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "old", LONG).await.unwrap();
+    c.set("k", "new", Ttl::secs(0)).await.unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap(), None);
+    c.set("fresh", "v", Ttl::After(Duration::ZERO))
+        .await
+        .unwrap();
+    assert_eq!(c.get::<String>("fresh").await.unwrap(), None);
+}
+
+/// A negative TTL behaves as zero.
+pub async fn negative_ttl_not_retrievable(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "old", LONG).await.unwrap();
+    c.set("k", "new", Ttl::secs(-10)).await.unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap(), None);
+}
+
+/// `Ttl::Never` keeps the entry past any short TTL.
+pub async fn never_ttl_persists(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", Ttl::Never).await.unwrap();
+    c.set("s", "v", SHORT).await.unwrap();
+    wait_out_short().await;
+    assert!(c.has_key("k").await.unwrap());
+    assert!(!c.has_key("s").await.unwrap());
+}
+
+/// `Ttl::Default` uses the cache's configured default.
+pub async fn default_ttl_applies(ctx: &Ctx) {
+    let c = ctx
+        .builder()
+        .default_ttl(Duration::from_secs(1))
+        .build()
+        .unwrap();
+    c.set("k", "v", Ttl::Default).await.unwrap();
+    assert!(c.has_key("k").await.unwrap());
+    wait_out_short().await;
+    assert!(!c.has_key("k").await.unwrap());
+}
+
+/// A default of `Ttl::Never` keeps entries.
+pub async fn default_ttl_never(ctx: &Ctx) {
+    let c = ctx.builder().default_ttl(Ttl::Never).build().unwrap();
+    c.set("k", "v", Ttl::Default).await.unwrap();
+    wait_out_short().await;
+    assert!(c.has_key("k").await.unwrap());
+}
+
+/// A TTL below one second is not rounded down to "expire now" nor up to
+/// "never".
+pub async fn sub_second_ttl(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", Ttl::After(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    assert!(c.has_key("k").await.unwrap());
+    wait_out_short().await;
+    assert!(!c.has_key("k").await.unwrap());
+}
+
+/// A TTL over 30 days is a lifetime, not a timestamp (memcached's trap).
+pub async fn ttl_over_thirty_days(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", Ttl::secs(60 * 60 * 24 * 45)).await.unwrap();
+    assert!(c.has_key("k").await.unwrap());
+}
+
+/// Re-setting an entry replaces its TTL.
+pub async fn set_replaces_ttl(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", SHORT).await.unwrap();
+    c.set("k", "v2", LONG).await.unwrap();
+    wait_out_short().await;
+    assert_eq!(c.get::<String>("k").await.unwrap().as_deref(), Some("v2"));
+}
+
+// ---------------------------------------------------------------- touch
+
+/// `touch` extends a live entry's lifetime.
+pub async fn touch_extends(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", SHORT).await.unwrap();
+    assert!(c.touch("k", LONG).await.unwrap());
+    wait_out_short().await;
+    assert!(c.has_key("k").await.unwrap());
+}
+
+/// `touch` shortens a live entry's lifetime.
+pub async fn touch_shortens(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", Ttl::Never).await.unwrap();
+    assert!(c.touch("k", SHORT).await.unwrap());
+    wait_out_short().await;
+    assert!(!c.has_key("k").await.unwrap());
+}
+
+/// `touch` of an absent key is false and creates nothing.
+pub async fn touch_missing(ctx: &Ctx) {
+    let c = ctx.cache();
+    assert!(!c.touch("absent", LONG).await.unwrap());
+    assert!(!c.has_key("absent").await.unwrap());
+}
+
+/// `touch` with a zero TTL expires the entry.
+pub async fn touch_zero_expires(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", LONG).await.unwrap();
+    assert!(c.touch("k", Ttl::secs(0)).await.unwrap());
+    assert!(!c.has_key("k").await.unwrap());
+}
+
+/// `touch` with `Never` removes the expiry.
+pub async fn touch_never(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", SHORT).await.unwrap();
+    assert!(c.touch("k", Ttl::Never).await.unwrap());
+    wait_out_short().await;
+    assert!(c.has_key("k").await.unwrap());
+}
+
+/// `touch` leaves the value unchanged.
+pub async fn touch_keeps_value(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", &post(), LONG).await.unwrap();
+    c.touch("k", LONG).await.unwrap();
+    assert_eq!(c.get::<Post>("k").await.unwrap(), Some(post()));
+}
+
+// ---------------------------------------------------------------- versions
+
+/// Versions of one key are separate entries.
+pub async fn versions_are_isolated(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v1", LONG).await.unwrap();
+    c.version(2).set("k", "v2", LONG).await.unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap().as_deref(), Some("v1"));
+    assert_eq!(
+        c.version(2).get::<String>("k").await.unwrap().as_deref(),
+        Some("v2")
+    );
+}
+
+/// The builder's version is the default for every call.
+pub async fn builder_version(ctx: &Ctx) {
+    let v3 = ctx.builder().version(3).build().unwrap();
+    let v1 = ctx.cache();
+    v3.set("k", "three", LONG).await.unwrap();
+    assert_eq!(v1.get::<String>("k").await.unwrap(), None);
+    assert_eq!(
+        v1.version(3).get::<String>("k").await.unwrap().as_deref(),
+        Some("three")
+    );
+    assert_eq!(v3.current_version(), 3);
+}
+
+/// `incr_version` moves the value to the next version.
+pub async fn incr_version_moves(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", LONG).await.unwrap();
+    assert_eq!(c.incr_version("k", 1).await.unwrap(), 2);
+    assert_eq!(c.get::<String>("k").await.unwrap(), None);
+    assert_eq!(
+        c.version(2).get::<String>("k").await.unwrap().as_deref(),
+        Some("v")
+    );
+    assert_eq!(c.version(2).incr_version("k", 10).await.unwrap(), 12);
+    assert!(c.version(12).has_key("k").await.unwrap());
+}
+
+/// `decr_version` moves the value to an earlier version.
+pub async fn decr_version_moves(ctx: &Ctx) {
+    let c = ctx.cache().version(5);
+    c.set("k", "v", LONG).await.unwrap();
+    assert_eq!(c.decr_version("k", 2).await.unwrap(), 3);
+    assert!(!c.has_key("k").await.unwrap());
+    assert_eq!(
+        c.version(3).get::<String>("k").await.unwrap().as_deref(),
+        Some("v")
+    );
+}
+
+/// `incr_version` of a missing key is `NotFound`.
+pub async fn incr_version_missing(ctx: &Ctx) {
+    let c = ctx.cache();
+    assert!(matches!(
+        c.incr_version("missing", 1).await,
+        Err(Error::NotFound { .. })
+    ));
+}
+
+/// `decr_version` below version 0 is refused and moves nothing.
+pub async fn decr_version_below_zero(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", LONG).await.unwrap();
+    assert!(c.decr_version("k", 2).await.is_err());
+    assert!(c.has_key("k").await.unwrap());
+}
+
+// ---------------------------------------------------------------- prefixes and keys
+
+/// Two caches with different prefixes on one backend do not see each other.
+pub async fn prefixes_isolate(ctx: &Ctx) {
+    let a = ctx.cache();
+    let b = ctx
+        .builder()
+        .key_prefix(ctx.other_prefix())
+        .build()
+        .unwrap();
+    a.set("k", "a", LONG).await.unwrap();
+    b.set("k", "b", LONG).await.unwrap();
+    assert_eq!(a.get::<String>("k").await.unwrap().as_deref(), Some("a"));
+    assert_eq!(b.get::<String>("k").await.unwrap().as_deref(), Some("b"));
+    a.delete("k").await.unwrap();
+    assert_eq!(b.get::<String>("k").await.unwrap().as_deref(), Some("b"));
+}
+
+/// `clear` removes this cache's entries, all versions, and nothing else.
+pub async fn clear_only_own_prefix(ctx: &Ctx) {
+    let a = ctx.cache();
+    let b = ctx
+        .builder()
+        .key_prefix(ctx.other_prefix())
+        .build()
+        .unwrap();
+    for i in 0..20 {
+        a.set(&format!("k{i}"), &i, LONG).await.unwrap();
+    }
+    a.version(7).set("v7", "x", LONG).await.unwrap();
+    b.set("k0", "survives", LONG).await.unwrap();
+    a.clear().await.unwrap();
+    for i in 0..20 {
+        assert!(!a.has_key(&format!("k{i}")).await.unwrap());
+    }
+    assert!(!a.version(7).has_key("v7").await.unwrap());
+    assert_eq!(
+        b.get::<String>("k0").await.unwrap().as_deref(),
+        Some("survives")
+    );
+}
+
+/// A cache is usable after `clear`.
+pub async fn usable_after_clear(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", LONG).await.unwrap();
+    c.clear().await.unwrap();
+    c.set("k", "again", LONG).await.unwrap();
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("again")
+    );
+}
+
+/// The storage key is `prefix:version:key`.
+pub async fn storage_key_form(ctx: &Ctx) {
+    let c = ctx.cache();
+    assert_eq!(
+        c.make_key("user:1").unwrap(),
+        format!("{}:1:user:1", ctx.prefix)
+    );
+    assert_eq!(
+        c.version(9).make_key("x").unwrap(),
+        format!("{}:9:x", ctx.prefix)
+    );
+}
+
+/// A custom key function decides the storage key.
+pub async fn custom_key_fn(ctx: &Ctx) {
+    let prefix = ctx.prefix.clone();
+    let c = ctx
+        .builder()
+        .key_fn(move |key, p, v| format!("{p}|v{v}|{}", key.to_uppercase()))
+        .build()
+        .unwrap();
+    assert_eq!(c.make_key("abc").unwrap(), format!("{prefix}|v1|ABC"));
+    c.set("abc", &1u8, LONG).await.unwrap();
+    // "ABC" maps to the same storage key under this function.
+    assert_eq!(c.get::<u8>("ABC").await.unwrap(), Some(1));
+    let raw = ctx.backend.get(&format!("{prefix}|v1|ABC")).await.unwrap();
+    assert!(raw.is_some());
+    c.delete("abc").await.unwrap();
+}
+
+/// A prefix containing ':' is refused with a clear error.
+pub async fn prefix_with_colon_refused(ctx: &Ctx) {
+    let err = ctx.builder().key_prefix("a:b").build().unwrap_err();
+    assert!(matches!(err, Error::Config(_)), "{err:?}");
+}
+
+// ---------------------------------------------------------------- invalid keys and values
+
+/// A key with a space is `InvalidKey`.
+pub async fn key_with_space_invalid(ctx: &Ctx) {
+    let c = ctx.cache();
+    assert!(matches!(
+        c.set("a b", "v", LONG).await,
+        Err(Error::InvalidKey { .. })
+    ));
+}
+
+/// A key with a control character is `InvalidKey`.
+pub async fn key_with_control_char_invalid(ctx: &Ctx) {
+    let c = ctx.cache();
+    for key in ["a\nb", "a\rb", "tab\t", "nul\0", "del\u{7f}", "c1\u{85}"] {
+        assert!(
+            matches!(c.get::<String>(key).await, Err(Error::InvalidKey { .. })),
+            "{key:?} accepted"
+        );
+    }
+}
+
+/// A key whose storage form exceeds 250 bytes is `InvalidKey`; exactly 250 is fine.
+pub async fn key_too_long_invalid(ctx: &Ctx) {
+    let c = ctx.cache();
+    let overhead = c.make_key("").unwrap().len();
+    let fits = "k".repeat(250 - overhead);
+    c.set(&fits, "v", LONG).await.unwrap();
+    assert_eq!(c.get::<String>(&fits).await.unwrap().as_deref(), Some("v"));
+    let too_long = "k".repeat(251 - overhead);
+    let err = c.set(&too_long, "v", LONG).await.unwrap_err();
+    assert!(matches!(err, Error::InvalidKey { .. }), "{err:?}");
+    assert!(err.to_string().contains("250"), "{err}");
+}
+
+/// Key length is counted in bytes, not characters.
+pub async fn key_length_in_bytes(ctx: &Ctx) {
+    let c = ctx.cache();
+    let overhead = c.make_key("").unwrap().len();
+    // 'é' is two bytes: this is under 250 characters but over 250 bytes.
+    let key = "é".repeat((251 - overhead).div_ceil(2));
+    assert!(key.chars().count() < 250);
+    assert!(matches!(
+        c.set(&key, "v", LONG).await,
+        Err(Error::InvalidKey { .. })
+    ));
+}
+
+/// With `hash_long_keys`, long keys are stored under a hash and stay distinct.
+pub async fn long_keys_hashed(ctx: &Ctx) {
+    let c = ctx.builder().hash_long_keys(true).build().unwrap();
+    let a = "a".repeat(1000);
+    let b = format!("{}b", "a".repeat(999));
+    c.set(&a, "A", LONG).await.unwrap();
+    c.set(&b, "B", LONG).await.unwrap();
+    assert_eq!(c.get::<String>(&a).await.unwrap().as_deref(), Some("A"));
+    assert_eq!(c.get::<String>(&b).await.unwrap().as_deref(), Some("B"));
+    assert!(c.make_key(&a).unwrap().len() <= 250);
+    // Spaces are still refused: hashing is for length only.
+    assert!(c.set("a b", "v", LONG).await.is_err());
+}
+
+/// Every operation validates its key.
+pub async fn invalid_key_on_every_operation(ctx: &Ctx) {
+    let c = ctx.cache();
+    let bad = "bad key";
+    let is_invalid = |r: Result<(), Error>| matches!(r, Err(Error::InvalidKey { .. }));
+    assert!(is_invalid(c.get::<u8>(bad).await.map(|_| ())));
+    assert!(is_invalid(c.set(bad, &1u8, LONG).await));
+    assert!(is_invalid(c.add(bad, &1u8, LONG).await.map(|_| ())));
+    assert!(is_invalid(c.delete(bad).await.map(|_| ())));
+    assert!(is_invalid(c.has_key(bad).await.map(|_| ())));
+    assert!(is_invalid(c.incr(bad, 1).await.map(|_| ())));
+    assert!(is_invalid(c.touch(bad, LONG).await.map(|_| ())));
+    assert!(is_invalid(
+        c.get_many::<u8, _>(&["ok", bad]).await.map(|_| ())
+    ));
+    assert!(is_invalid(
+        c.set_many::<u8, _, _>(&[("ok", 1u8), (bad, 2)], LONG)
+            .await
+            .map(|_| ())
+    ));
+    assert!(is_invalid(c.delete_many(&[bad]).await.map(|_| ())));
+    // Nothing from the batch was stored.
+    assert!(!c.has_key("ok").await.unwrap());
+}
+
+/// A value over `max_value_bytes` is refused and the old value is kept.
+pub async fn oversized_value_refused(ctx: &Ctx) {
+    let c = ctx.builder().max_value_bytes(1000).build().unwrap();
+    c.set("k", "small", LONG).await.unwrap();
+    // Incompressible, so compression cannot bring it under the limit.
+    let mut rng = fastrand::Rng::with_seed(1);
+    let big: Vec<u8> = (0..5000).map(|_| rng.u8(..)).collect();
+    let err = c.set("k", &big, LONG).await.unwrap_err();
+    match err {
+        Error::ValueTooLarge { size, limit } => {
+            assert!(size > 1000);
+            assert_eq!(limit, 1000);
+        }
+        other => panic!("expected ValueTooLarge, got {other:?}"),
+    }
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("small")
+    );
+    assert!(c.add("new", &big, LONG).await.is_err());
+    assert!(!c.has_key("new").await.unwrap());
+}
+
+// ---------------------------------------------------------------- corrupt entries
+
+/// Bytes written by a foreign client read as a miss.
+pub async fn foreign_entry_is_a_miss(ctx: &Ctx) {
+    let c = ctx.cache();
+    let skey = c.make_key("k").unwrap();
+    ctx.backend
+        .set(&skey, Bytes::from_static(b"\x80\x04pickle"), Expiry::Never)
+        .await
+        .unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap(), None);
+    let got: HashMap<String, String> = c.get_many(&["k"]).await.unwrap();
+    assert!(got.is_empty());
+}
+
+/// A truncated envelope reads as a miss.
+pub async fn truncated_entry_is_a_miss(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", &post(), LONG).await.unwrap();
+    let skey = c.make_key("k").unwrap();
+    let full = ctx.backend.get(&skey).await.unwrap().unwrap();
+    ctx.backend
+        .set(&skey, full.slice(..full.len() / 2), Expiry::Never)
+        .await
+        .unwrap();
+    assert_eq!(c.get::<Post>("k").await.unwrap(), None);
+}
+
+/// An empty stored value reads as a miss.
+pub async fn empty_entry_is_a_miss(ctx: &Ctx) {
+    let c = ctx.cache();
+    let skey = c.make_key("k").unwrap();
+    ctx.backend
+        .set(&skey, Bytes::new(), Expiry::Never)
+        .await
+        .unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap(), None);
+}
+
+/// A corrupt entry can be overwritten.
+pub async fn corrupt_entry_overwritten(ctx: &Ctx) {
+    let c = ctx.cache();
+    let skey = c.make_key("k").unwrap();
+    ctx.backend
+        .set(
+            &skey,
+            Bytes::from_static(&[0xA7, 1, 3, 9, 9]),
+            Expiry::Never,
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap(), None);
+    c.set("k", "fixed", LONG).await.unwrap();
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("fixed")
+    );
+}
+
+// ---------------------------------------------------------------- concurrency
+
+/// Many tasks reading and writing distinct keys see their own values.
+pub async fn concurrent_distinct_keys(ctx: &Ctx) {
+    let c = ctx.cache();
+    let mut tasks = Vec::new();
+    for t in 0..16u32 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25u32 {
+                let key = format!("t{t}:{i}");
+                c.set(&key, &(t * 1000 + i), LONG).await.unwrap();
+                assert_eq!(c.get::<u32>(&key).await.unwrap(), Some(t * 1000 + i));
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
+/// Readers racing a writer only ever see a whole value, never a torn one.
+pub async fn concurrent_readers_see_whole_values(ctx: &Ctx) {
+    let c = ctx.cache();
+    let a = "a".repeat(50_000);
+    let b = "b".repeat(60_000);
+    c.set("k", &a, LONG).await.unwrap();
+    let writer = {
+        let (c, a, b) = (c.clone(), a.clone(), b.clone());
+        tokio::spawn(async move {
+            for i in 0..40 {
+                c.set("k", if i % 2 == 0 { &b } else { &a }, LONG)
+                    .await
+                    .unwrap();
+            }
+        })
+    };
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let (c, a, b) = (c.clone(), a.clone(), b.clone());
+        readers.push(tokio::spawn(async move {
+            for _ in 0..40 {
+                let v = c.get::<String>("k").await.unwrap().expect("key present");
+                assert!(v == a || v == b, "torn value of {} bytes", v.len());
+            }
+        }));
+    }
+    writer.await.unwrap();
+    for r in readers {
+        r.await.unwrap();
+    }
+}
+
+// ---------------------------------------------------------------- get_or_compute
+
+/// On a miss the loader runs once and its value is stored.
+pub async fn get_or_compute_miss(ctx: &Ctx) {
+    let c = ctx.cache();
+    let calls = Arc::new(AtomicU32::new(0));
+    let calls2 = calls.clone();
+    let v: String = c
+        .get_or_compute("k", LONG, || async move {
+            calls2.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, Error>("computed".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, "computed");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("computed")
+    );
+}
+
+/// On a hit the loader does not run.
+pub async fn get_or_compute_hit(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "cached", LONG).await.unwrap();
+    let v: String = c
+        .get_or_compute("k", LONG, || async {
+            panic!("loader must not run on a hit");
+            #[allow(unreachable_code)]
+            Ok::<_, Error>(String::new())
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, "cached");
+}
+
+/// A failing loader's error reaches the caller and nothing is cached.
+pub async fn get_or_compute_error_not_cached(ctx: &Ctx) {
+    let c = ctx.cache();
+    let r: Result<String, Error> = c
+        .get_or_compute("k", LONG, || async { Err(Error::config("origin down")) })
+        .await;
+    assert!(r.is_err());
+    assert!(!c.has_key("k").await.unwrap());
+}
+
+/// Lists every case, for the suite macro; a unit test checks it is complete.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __for_each_storing_case {
+    ($gen:path, $module:ident, $make:expr) => {
+        $gen!($module, $make;
+            set_then_get, get_missing_is_none, set_overwrites, stored_none_is_a_hit,
+            empty_values_are_hits, struct_round_trip, integers_round_trip, scalars_round_trip,
+            collections_round_trip, unicode_values, binary_values, one_mib_value,
+            four_mib_compressible_value, wrong_type_is_a_miss, unicode_keys, empty_key,
+            json_codec, codecs_read_each_other, compression_off,
+            add_when_absent, add_when_present, add_after_expiry, add_zero_ttl, add_is_atomic,
+            get_many_only_hits, get_many_empty, get_many_skips_expired, get_many_skips_wrong_type,
+            set_many_then_get_many, set_many_ttl, set_many_zero_ttl_removes, set_many_structs,
+            delete_present, delete_absent, delete_expired, delete_many_counts,
+            has_key_present_absent, has_key_expired,
+            incr_existing, decr_existing, incr_negative_delta, decr_below_zero,
+            incr_missing_not_found, incr_expired_not_found, incr_text_not_a_number,
+            incr_float_not_a_number, incr_overflow, incr_keeps_ttl, incr_keeps_no_expiry,
+            incr_concurrent_exact_sum, incr_decr_concurrent_net, foreign_integer_is_readable,
+            expires_after_ttl, zero_ttl_not_retrievable, negative_ttl_not_retrievable,
+            never_ttl_persists, default_ttl_applies, default_ttl_never, sub_second_ttl,
+            ttl_over_thirty_days, set_replaces_ttl,
+            touch_extends, touch_shortens, touch_missing, touch_zero_expires, touch_never,
+            touch_keeps_value,
+            versions_are_isolated, builder_version, incr_version_moves, decr_version_moves,
+            incr_version_missing, decr_version_below_zero,
+            prefixes_isolate, clear_only_own_prefix, usable_after_clear, storage_key_form,
+            custom_key_fn, prefix_with_colon_refused,
+            key_with_space_invalid, key_with_control_char_invalid, key_too_long_invalid,
+            key_length_in_bytes, long_keys_hashed, invalid_key_on_every_operation,
+            oversized_value_refused,
+            foreign_entry_is_a_miss, truncated_entry_is_a_miss, empty_entry_is_a_miss,
+            corrupt_entry_overwritten,
+            concurrent_distinct_keys, concurrent_readers_see_whole_values,
+            get_or_compute_miss, get_or_compute_hit, get_or_compute_error_not_cached,
+        );
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `pub async fn` in this file is listed in the macro, and nothing else.
+    #[test]
+    fn case_list_is_complete() {
+        crate::assert_case_list_complete(include_str!("cases.rs"), "__for_each_storing_case");
+    }
+}
