@@ -56,6 +56,8 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 128 << 20;
 pub struct Cache {
     inner: Arc<Inner>,
     version: u64,
+    /// `"prefix:version:"`, precomputed so building a key is one copy.
+    head: Option<Arc<str>>,
 }
 
 struct Inner {
@@ -233,6 +235,7 @@ impl CacheBuilder {
         let counters = Counters::new(&name);
         Ok(Cache {
             version: self.version,
+            head: keys.head(self.version),
             inner: Arc::new(Inner {
                 backend: self.backend,
                 keys,
@@ -281,6 +284,7 @@ impl Cache {
         Cache {
             inner: self.inner.clone(),
             version,
+            head: self.inner.keys.head(version),
         }
     }
 
@@ -361,13 +365,38 @@ impl Cache {
     /// Reads a value. `Ok(None)` on a miss, and also for an entry that cannot
     /// be decoded as `T` (logged and counted as corrupt).
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
+        // In-process backends answer synchronously: no key allocation and no
+        // boxed future on that path (it is most of a memory hit's cost).
+        if let Some(answer) = self.get_immediate(key) {
+            return answer;
+        }
         let skey = self.make_key(key)?;
         let raw = self.note(self.inner.backend.get(&skey).await)?;
+        Ok(self.finish_get(key, raw))
+    }
+
+    fn get_immediate<T: DeserializeOwned>(&self, key: &str) -> Option<Result<Option<T>>> {
+        let backend = &self.inner.backend;
+        let answer = self
+            .inner
+            .keys
+            .with_key(self.head.as_deref(), key, self.version, |skey| {
+                backend.get_immediate(skey)
+            });
+        match answer {
+            Err(e) => Some(Err(e)),
+            Ok(None) => None,
+            Ok(Some(Err(e))) => Some(self.note(Err(e))),
+            Ok(Some(Ok(raw))) => Some(Ok(self.finish_get(key, raw))),
+        }
+    }
+
+    fn finish_get<T: DeserializeOwned>(&self, key: &str, raw: Option<Bytes>) -> Option<T> {
         match raw {
-            Some(bytes) => Ok(self.decode(key, &bytes)),
+            Some(bytes) => self.decode(key, &bytes),
             None => {
                 self.inner.counters.misses.increment(1);
-                Ok(None)
+                None
             }
         }
     }

@@ -102,6 +102,54 @@ impl KeyPolicy {
         }
     }
 
+    /// The part of every storage key before the caller's key at `version`
+    /// (`"prefix:version:"`), or `None` with a custom key function.
+    pub fn head(&self, version: u64) -> Option<Arc<str>> {
+        if self.key_fn.is_some() {
+            return None;
+        }
+        let mut s = String::with_capacity(self.prefix.len() + 22);
+        s.push_str(&self.prefix);
+        s.push(':');
+        push_u64(&mut s, version);
+        s.push(':');
+        Some(Arc::from(s))
+    }
+
+    /// Builds and validates the storage key and hands it to `f`, given the
+    /// precomputed [`head`](Self::head). On the hot path (printable ASCII
+    /// key, default key form) the key is assembled in a reused thread-local
+    /// buffer: no allocation and no UTF-8 re-validation. Anything unusual
+    /// (non-ASCII keys, hashing, custom key functions, re-entrant use) goes
+    /// through [`make_key`](Self::make_key).
+    #[inline]
+    pub fn with_key<R>(
+        &self,
+        head: Option<&str>,
+        key: &str,
+        version: u64,
+        f: impl FnOnce(&str) -> R,
+    ) -> Result<R> {
+        thread_local! {
+            static KEY_BUF: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+        }
+        if let Some(head) = head {
+            if head.len() + key.len() <= MAX_KEY_BYTES && key_is_plain_ascii(key) {
+                return KEY_BUF.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut buf) => {
+                        buf.clear();
+                        buf.push_str(head);
+                        buf.push_str(key);
+                        Ok(f(&buf))
+                    }
+                    // Re-entered from inside `f` (a backend calling a cache).
+                    Err(_) => Ok(f(&self.make_key(key, version)?)),
+                });
+            }
+        }
+        Ok(f(&self.make_key(key, version)?))
+    }
+
     /// Builds and validates the storage key for `key` at `version`.
     pub fn make_key(&self, key: &str, version: u64) -> Result<String> {
         let full = match &self.key_fn {
@@ -149,6 +197,26 @@ impl KeyPolicy {
     }
 }
 
+/// Printable ASCII without spaces: valid without a closer look.
+#[inline]
+fn key_is_plain_ascii(key: &str) -> bool {
+    key.bytes().all(|b| b > b' ' && b < 0x7f)
+}
+
+/// Writes `n` in decimal at the end of `buf`, returning the digits.
+fn write_u64(buf: &mut [u8; 20], mut n: u64) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
+
 fn is_forbidden(c: char) -> bool {
     c == ' ' || c.is_control()
 }
@@ -166,19 +234,10 @@ fn truncate(key: &str) -> String {
 
 /// Appends a decimal number without going through `fmt` (this is on every
 /// operation's path).
-fn push_u64(s: &mut String, mut n: u64) {
+fn push_u64(s: &mut String, n: u64) {
     let mut buf = [0u8; 20];
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
     // The buffer holds only ASCII digits.
-    s.push_str(std::str::from_utf8(&buf[i..]).unwrap_or("0"));
+    s.push_str(std::str::from_utf8(write_u64(&mut buf, n)).unwrap_or("0"));
 }
 
 #[cfg(test)]
@@ -220,6 +279,29 @@ mod tests {
         assert_eq!(a, p.make_key(&"a".repeat(400), 1).unwrap());
         assert!(a.len() <= MAX_KEY_BYTES);
         assert!(a.starts_with(":1:#"));
+    }
+
+    #[test]
+    fn stack_and_heap_keys_agree() {
+        let p = KeyPolicy::default().with_prefix("app").unwrap();
+        for key in [
+            "user:1",
+            "",
+            "ключ",
+            &"k".repeat(240),
+            &"k".repeat(300),
+            "a b",
+        ] {
+            for version in [0, 1, 12345, u64::MAX] {
+                let head = p.head(version);
+                let fast = p.with_key(head.as_deref(), key, version, str::to_owned);
+                let slow = p.make_key(key, version);
+                assert_eq!(fast.is_ok(), slow.is_ok(), "{key:?} v{version}");
+                if let (Ok(a), Ok(b)) = (fast, slow) {
+                    assert_eq!(a, b);
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,0 +1,484 @@
+//! `larder bench`: single-threaded cache operations, measured and reported
+//! exactly like `peers/django/cache_ops.py` so that the JSON files compare
+//! one to one.
+
+use std::collections::BTreeMap;
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use larder::{Cache, Error, Ttl};
+use serde::Serialize;
+
+use crate::CliError;
+
+pub const EXAMPLES: &str = "\
+Examples:
+  larder bench --out results/larder_cache_ops.json
+  taskset -c 0 larder bench --backends mem,file --repeat 3 --out pinned.json
+  larder bench --url big=mem://?max_bytes=1000000000 --backends big --out x.json";
+
+const OPS: [&str; 6] = [
+    "set",
+    "get_hit",
+    "get_miss",
+    "get_many10",
+    "incr",
+    "get_or_set",
+];
+
+/// The operations, as an enum so the timed loop does not compare strings.
+#[derive(Clone, Copy)]
+enum Op {
+    Set,
+    GetHit,
+    GetMiss,
+    GetMany10,
+    Incr,
+    GetOrSet,
+}
+
+impl Op {
+    fn parse(name: &str) -> Op {
+        match name {
+            "set" => Op::Set,
+            "get_hit" => Op::GetHit,
+            "get_miss" => Op::GetMiss,
+            "get_many10" => Op::GetMany10,
+            "incr" => Op::Incr,
+            _ => Op::GetOrSet,
+        }
+    }
+}
+const POOL: usize = 1000;
+const VALUE_BYTES: usize = 100;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Where to write the JSON results.
+    #[arg(long)]
+    out: PathBuf,
+    /// Comma-separated backends: mem, file, dummy, or names given with --url.
+    #[arg(long, default_value = "mem,file")]
+    backends: String,
+    /// Extra backend as NAME=URL (repeatable), e.g. big=mem://?max_entries=10.
+    #[arg(long = "url", value_name = "NAME=URL")]
+    urls: Vec<String>,
+    /// Operations per run (default per backend: mem/dummy 2,000,000; file 20,000).
+    #[arg(long)]
+    n: Option<usize>,
+    /// Runs per operation; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    repeat: usize,
+    /// Time cap per run, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    max_seconds: f64,
+    /// Directory for the file backend (default: a fresh directory in the
+    /// system temp dir, removed afterwards).
+    #[arg(long)]
+    file_dir: Option<PathBuf>,
+    /// Name written into the JSON's "benchmark" field.
+    #[arg(long, default_value = "larder_cache_ops")]
+    name: String,
+}
+
+#[derive(Serialize)]
+struct RunResult {
+    ops: usize,
+    seconds: f64,
+    ops_per_sec: f64,
+}
+
+#[derive(Serialize)]
+struct OpResult {
+    ops_per_sec: f64,
+    us_per_op: f64,
+    ns_per_op: f64,
+    ops_per_sec_min: f64,
+    ops_per_sec_max: f64,
+    runs: Vec<RunResult>,
+}
+
+struct Target {
+    name: String,
+    url: String,
+    default_n: usize,
+}
+
+fn targets(args: &BenchArgs, file_dir: &std::path::Path) -> Result<Vec<Target>, CliError> {
+    let mut extra = BTreeMap::new();
+    for u in &args.urls {
+        let (name, url) = u
+            .split_once('=')
+            .ok_or_else(|| CliError::usage(format!("--url {u:?} is not NAME=URL")))?;
+        extra.insert(name.to_owned(), url.to_owned());
+    }
+    let mut out = Vec::new();
+    for name in args
+        .backends
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        let (url, default_n) = match (name, extra.get(name)) {
+            (_, Some(url)) => (url.clone(), 200_000),
+            // Bounds high enough that nothing is evicted, as in the Django run
+            // (MAX_ENTRIES 1e6).
+            ("mem", None) => ("mem://?max_entries=1000000".to_owned(), 2_000_000),
+            ("file", None) => (
+                format!("file://{}?max_entries=1000000", file_dir.display()),
+                20_000,
+            ),
+            ("dummy", None) => ("dummy://".to_owned(), 2_000_000),
+            (other, None) => {
+                return Err(CliError::usage(format!(
+                    "unknown backend {other:?}: use mem, file, dummy, or give it with --url {other}=URL"
+                )))
+            }
+        };
+        out.push(Target {
+            name: name.to_owned(),
+            url,
+            default_n,
+        });
+    }
+    Ok(out)
+}
+
+pub fn run(args: BenchArgs) -> Result<(), CliError> {
+    if args.repeat == 0 {
+        return Err(CliError::usage("--repeat must be at least 1"));
+    }
+    let temp_dir = std::env::temp_dir().join(format!("larder-bench-{}", std::process::id()));
+    let file_dir = args.file_dir.clone().unwrap_or_else(|| temp_dir.clone());
+    let targets = targets(&args, &file_dir)?;
+    // One thread, like the Django harness; blocking file I/O still goes to
+    // tokio's blocking pool, as it does in an application.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
+    let started = SystemTime::now();
+    let wall = Instant::now();
+    let mut results = BTreeMap::new();
+    let mut counts = BTreeMap::new();
+    for t in &targets {
+        let n = args.n.unwrap_or(t.default_n);
+        counts.insert(t.name.clone(), n);
+        let began = Instant::now();
+        let r = rt.block_on(bench_backend(&t.url, n, args.max_seconds, args.repeat));
+        eprintln!(
+            "# {}: done in {:.1}s",
+            t.name,
+            began.elapsed().as_secs_f64()
+        );
+        let value = match r {
+            Ok(ops) => serde_json::to_value(ops).unwrap_or_default(),
+            Err(e) => serde_json::json!({ "error": e.to_string() }),
+        };
+        results.insert(t.name.clone(), value);
+    }
+    if args.file_dir.is_none() {
+        let _ = std::fs::remove_dir_all(&temp_dir);
+    }
+    print_table(&targets, &results);
+    let doc = serde_json::json!({
+        "benchmark": args.name,
+        "date_utc": utc(started),
+        "wall_seconds": (wall.elapsed().as_secs_f64() * 10.0).round() / 10.0,
+        "machine": machine(),
+        "versions": { "larder": env!("CARGO_PKG_VERSION"), "rustc": option_env!("RUSTC_VERSION").unwrap_or("see rustc --version") },
+        "config": {
+            "value_bytes": VALUE_BYTES, "key_pool": POOL, "repeat": args.repeat,
+            "max_seconds_per_run": args.max_seconds, "pin_cpu": pinned_cpu(),
+            "counts": counts,
+            "urls": targets.iter().map(|t| (t.name.clone(), t.url.clone())).collect::<BTreeMap<_, _>>(),
+            "value_type": "String of 100 bytes (typed API, postcard envelope)",
+            "runtime": "tokio current_thread",
+        },
+        "ops": OPS,
+        "results": results,
+    });
+    if let Some(parent) = args.out.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                CliError::failed(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
+    }
+    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
+    std::fs::write(&args.out, text + "\n")
+        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", args.out.display())))?;
+    eprintln!("# wrote {}", args.out.display());
+    Ok(())
+}
+
+async fn bench_backend(
+    url: &str,
+    n: usize,
+    max_seconds: f64,
+    repeat: usize,
+) -> Result<BTreeMap<&'static str, OpResult>, Error> {
+    let cache = larder::open(url).await?;
+    cache.clear().await?;
+    let keys: Vec<String> = (0..POOL).map(|i| format!("djb:k:{i}")).collect();
+    let miss_keys: Vec<String> = (0..n.clamp(1, 1_000_000))
+        .map(|i| format!("djb:miss:{i}"))
+        .collect();
+    let groups: Vec<Vec<&str>> = keys
+        .chunks(10)
+        .map(|g| g.iter().map(String::as_str).collect())
+        .collect();
+    let value = "v".repeat(VALUE_BYTES);
+    let ttl = Ttl::secs(3600);
+    for k in &keys {
+        cache.set(k, &value, ttl).await?;
+    }
+    cache.set("djb:ctr", &0, ttl).await?;
+    // Sanity checks, as the Django harness does.
+    if cache.get::<String>(&keys[0]).await?.as_deref() != Some(value.as_str())
+        && cache.backend().name() != "dummy"
+    {
+        return Err(Error::config("get_hit returned the wrong value"));
+    }
+    let warmup = (n / 10).min(200);
+    let mut out = BTreeMap::new();
+    for op in OPS {
+        let mut runs = Vec::with_capacity(repeat);
+        for _ in 0..repeat {
+            let (count, secs) = run_op(
+                &cache,
+                Op::parse(op),
+                n,
+                max_seconds,
+                warmup,
+                &keys,
+                &miss_keys,
+                &groups,
+                &value,
+                ttl,
+            )
+            .await?;
+            runs.push(RunResult {
+                ops: count,
+                seconds: (secs * 1e6).round() / 1e6,
+                ops_per_sec: ((count as f64 / secs) * 10.0).round() / 10.0,
+            });
+        }
+        let mut rates: Vec<f64> = runs.iter().map(|r| r.ops_per_sec).collect();
+        rates.sort_by(f64::total_cmp);
+        let med = median(&rates);
+        out.insert(
+            op,
+            OpResult {
+                ops_per_sec: med,
+                us_per_op: (1e6 / med * 1000.0).round() / 1000.0,
+                ns_per_op: (1e9 / med * 10.0).round() / 10.0,
+                ops_per_sec_min: rates[0],
+                ops_per_sec_max: rates[rates.len() - 1],
+                runs,
+            },
+        );
+    }
+    cache.clear().await?;
+    Ok(out)
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    let m = sorted.len() / 2;
+    if sorted.len() % 2 == 1 {
+        sorted[m]
+    } else {
+        (sorted[m - 1] + sorted[m]) / 2.0
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_op(
+    cache: &Cache,
+    op: Op,
+    n: usize,
+    max_seconds: f64,
+    warmup: usize,
+    keys: &[String],
+    miss_keys: &[String],
+    groups: &[Vec<&str>],
+    value: &String,
+    ttl: Ttl,
+) -> Result<(usize, f64), Error> {
+    for i in 0..warmup {
+        one(cache, op, i, keys, miss_keys, groups, value, ttl).await?;
+    }
+    let deadline = Duration::from_secs_f64(max_seconds);
+    let t0 = Instant::now();
+    let mut i = 0;
+    // Check the clock every 128 ops so the loop costs nothing measurable.
+    while i < n {
+        let end = n.min(i + 128);
+        for j in i..end {
+            one(cache, op, j, keys, miss_keys, groups, value, ttl).await?;
+        }
+        i = end;
+        if t0.elapsed() > deadline {
+            break;
+        }
+    }
+    Ok((i, t0.elapsed().as_secs_f64()))
+}
+
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+async fn one(
+    cache: &Cache,
+    op: Op,
+    i: usize,
+    keys: &[String],
+    miss_keys: &[String],
+    groups: &[Vec<&str>],
+    value: &String,
+    ttl: Ttl,
+) -> Result<(), Error> {
+    match op {
+        Op::Set => cache.set(&keys[i % POOL], value, ttl).await?,
+        Op::GetHit => {
+            black_box(cache.get::<String>(&keys[i % POOL]).await?);
+        }
+        Op::GetMiss => {
+            black_box(cache.get::<String>(&miss_keys[i % miss_keys.len()]).await?);
+        }
+        Op::GetMany10 => {
+            black_box(
+                cache
+                    .get_many::<String, _>(&groups[i % groups.len()])
+                    .await?,
+            );
+        }
+        Op::Incr => match cache.incr("djb:ctr", 1).await {
+            Ok(v) => {
+                black_box(v);
+            }
+            // The dummy backend stores nothing to increment.
+            Err(Error::NotFound { .. }) if cache.backend().name() == "dummy" => {}
+            Err(e) => return Err(e),
+        },
+        Op::GetOrSet => {
+            let v: String = cache
+                .get_or_compute(&keys[i % POOL], ttl, || async {
+                    Ok::<_, Error>(value.clone())
+                })
+                .await?;
+            black_box(v);
+        }
+    }
+    Ok(())
+}
+
+fn print_table(targets: &[Target], results: &BTreeMap<String, serde_json::Value>) {
+    let header = format!(
+        "{:<11}{}",
+        "backend",
+        OPS.iter().map(|o| format!("{o:>13}")).collect::<String>()
+    );
+    println!("ops/second, median of repeats (single thread; get_many10 = calls/s, 10 keys each)");
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    for t in targets {
+        let r = &results[&t.name];
+        if let Some(e) = r.get("error") {
+            println!("{:<11} ERROR {e}", t.name);
+            continue;
+        }
+        let row: String = OPS
+            .iter()
+            .map(|o| format!("{:>13.0}", r[*o]["ops_per_sec"].as_f64().unwrap_or(0.0)))
+            .collect();
+        println!("{:<11}{row}", t.name);
+    }
+    println!();
+    println!("nanoseconds per op (from the median)");
+    println!("{header}");
+    println!("{}", "-".repeat(header.len()));
+    for t in targets {
+        let r = &results[&t.name];
+        if r.get("error").is_some() {
+            continue;
+        }
+        let row: String = OPS
+            .iter()
+            .map(|o| format!("{:>13.1}", r[*o]["ns_per_op"].as_f64().unwrap_or(0.0)))
+            .collect();
+        println!("{:<11}{row}", t.name);
+    }
+}
+
+fn utc(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+}
+
+fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "nproc": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "platform": format!("{}-{}", std::env::consts::OS, std::env::consts::ARCH),
+        "cpu_model": cpu,
+    })
+}
+
+/// The CPU this process is pinned to, when its affinity is one CPU
+/// (`taskset -c N larder bench …`).
+fn pinned_cpu() -> Option<u32> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let list = status
+        .lines()
+        .find(|l| l.starts_with("Cpus_allowed_list:"))?
+        .split_once(':')?
+        .1
+        .trim()
+        .to_owned();
+    list.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_formats_known_instants() {
+        assert_eq!(utc(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            utc(UNIX_EPOCH + Duration::from_secs(1_795_740_576)),
+            "2026-11-27T00:49:36Z"
+        );
+    }
+
+    #[test]
+    fn median_of_odd_and_even() {
+        assert_eq!(median(&[1.0, 2.0, 9.0]), 2.0);
+        assert_eq!(median(&[1.0, 3.0]), 2.0);
+    }
+}

@@ -1,0 +1,86 @@
+//! The `larder` command.
+
+mod bench;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// larder: caching and denormalized data for Rust services.
+#[derive(Parser)]
+#[command(name = "larder", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Measure cache operations the way Django's cache_ops.py does, and write
+    /// the same JSON, so the two can be compared side by side.
+    #[command(after_help = bench::EXAMPLES)]
+    Bench(bench::BenchArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LARDER_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(args) => bench::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("larder: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// An error of the command line, with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    message: String,
+    code: u8,
+}
+
+impl CliError {
+    /// Bad arguments or configuration: exit code 2.
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code: 2,
+        }
+    }
+    /// The work failed: exit code 1.
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code: 1,
+        }
+    }
+    fn exit_code(&self) -> u8 {
+        self.code
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl From<larder::Error> for CliError {
+    fn from(e: larder::Error) -> Self {
+        match e {
+            larder::Error::Config(_) => CliError::usage(e.to_string()),
+            other => CliError::failed(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! # larder
+//!
+//! Caching and denormalized data for Rust services: one typed [`Cache`] API
+//! over pluggable backends, built on the ideas of the talk *Caching and
+//! Django: A Primer* and fixing the places where Django's cache framework is
+//! weak (atomic `incr` that keeps the TTL, prefix-scoped `clear`, batched
+//! multi-key operations, collision-free keys, no pickle).
+//!
+//! ```
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use larder::prelude::*;
+//!
+//! let cache = Cache::from_url("mem://?max_entries=10000&key_prefix=app").await?;
+//! cache.set("user:1:name", "Ada", Ttl::secs(300)).await?;
+//! let name: Option<String> = cache.get("user:1:name").await?;
+//! assert_eq!(name.as_deref(), Some("Ada"));
+//!
+//! // Cache-aside in one call.
+//! let total: u64 = cache
+//!     .get_or_compute("stats:total", Ttl::secs(60), || async { Ok::<_, larder::Error>(42) })
+//!     .await?;
+//! assert_eq!(total, 42);
+//! # Ok::<(), larder::Error>(()) }).unwrap();
+//! ```
+//!
+//! ## Backends and URLs
+//!
+//! | URL | backend | cargo feature |
+//! |-----|---------|---------------|
+//! | `mem://?max_entries=N` or `mem://?max_bytes=N` | in-process ([`larder_mem`]) | `mem` (default) |
+//! | `file:///path?max_entries=N&cull_frequency=N` | filesystem ([`larder_file`]) | `file` (default) |
+//! | `dummy://` | stores nothing ([`DummyBackend`]) | always |
+//!
+//! Every URL also takes the cache options `key_prefix`, `version`, `timeout`
+//! (seconds or `none`), `codec` (`postcard` or `json`), `compress_above`,
+//! `hash_long_keys`, `max_value_bytes` and `name`. An unknown scheme or
+//! option is an error that names it.
+//!
+//! Your own backend: implement [`Backend`] (see its documentation for a
+//! complete example) and wrap it with [`Cache::builder`].
+#![warn(missing_docs)]
+
+pub use larder_core::*;
+#[cfg(feature = "file")]
+pub use larder_file;
+#[cfg(feature = "mem")]
+pub use larder_mem;
+
+/// The names most programs need: `use larder::prelude::*;`.
+pub mod prelude {
+    pub use crate::OpenUrl;
+    pub use larder_core::{Cache, Error, Ttl};
+}
+
+/// Opens a [`Cache`] from a URL; brought into scope by the prelude so that
+/// `Cache::from_url(..)` reads naturally.
+#[async_trait::async_trait]
+pub trait OpenUrl: Sized {
+    /// Opens a cache from a URL such as `mem://?max_entries=1000`,
+    /// `file:///var/cache/app?key_prefix=app` or `dummy://`.
+    async fn from_url(url: &str) -> Result<Self>;
+}
+
+#[async_trait::async_trait]
+impl OpenUrl for Cache {
+    async fn from_url(url: &str) -> Result<Cache> {
+        open(url).await
+    }
+}
+
+/// The URL schemes this build of larder can open.
+pub fn supported_schemes() -> Vec<&'static str> {
+    let mut v = vec!["dummy"];
+    if cfg!(feature = "mem") {
+        v.push("mem");
+    }
+    if cfg!(feature = "file") {
+        v.push("file");
+    }
+    v
+}
+
+/// Opens a cache from a URL (the function behind [`OpenUrl::from_url`]).
+pub async fn open(url: &str) -> Result<Cache> {
+    let mut parsed = CacheUrl::parse(url)?;
+    let backend: std::sync::Arc<dyn Backend> = match parsed.scheme() {
+        "dummy" => {
+            if !parsed.authority().is_empty() || !parsed.path().is_empty() {
+                return Err(Error::config(format!(
+                    "dummy:// takes no host or path, got {url:?}"
+                )));
+            }
+            std::sync::Arc::new(DummyBackend)
+        }
+        #[cfg(feature = "mem")]
+        "mem" => std::sync::Arc::new(larder_mem::MemBackend::from_url(&mut parsed)?),
+        #[cfg(feature = "file")]
+        "file" => std::sync::Arc::new(larder_file::FileBackend::from_url(&mut parsed)?),
+        other => {
+            return Err(Error::config(format!(
+                "unknown cache URL scheme {other:?} in {url:?}; this build supports {} (other backends are cargo features of the larder crate)",
+                supported_schemes()
+                    .iter()
+                    .map(|s| format!("{s}://"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )))
+        }
+    };
+    let builder = Cache::builder_arc(backend).url_options(&mut parsed)?;
+    parsed.finish()?;
+    builder.build()
+}

@@ -1,0 +1,102 @@
+//! `Cache::from_url` for every built-in scheme, and its errors.
+
+use larder::prelude::*;
+use std::time::Duration;
+
+#[tokio::test]
+async fn mem_url_with_options() {
+    let cache =
+        Cache::from_url("mem://?max_entries=100&key_prefix=app&version=3&timeout=1&name=pages")
+            .await
+            .unwrap();
+    assert_eq!(cache.make_key("k").unwrap(), "app:3:k");
+    assert_eq!(cache.name(), "pages");
+    assert_eq!(cache.backend().name(), "mem");
+    cache.set("k", "v", Ttl::Default).await.unwrap();
+    assert!(cache.has_key("k").await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        !cache.has_key("k").await.unwrap(),
+        "timeout=1 is the default TTL"
+    );
+}
+
+#[tokio::test]
+async fn mem_url_by_bytes_refuses_a_value_larger_than_its_shard() {
+    let cache = Cache::from_url("mem://?max_bytes=100000&compress_above=none")
+        .await
+        .unwrap();
+    let big = vec![1u8; 200_000];
+    assert!(matches!(
+        cache.set("k", &big, Ttl::Default).await,
+        Err(Error::ValueTooLarge { .. })
+    ));
+}
+
+#[tokio::test]
+async fn file_url() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}?max_entries=10&codec=json", dir.path().display());
+    let cache = Cache::from_url(&url).await.unwrap();
+    assert_eq!(cache.backend().name(), "file");
+    cache.set("k", &[1, 2, 3], Ttl::Default).await.unwrap();
+    assert_eq!(
+        cache.get::<Vec<i32>>("k").await.unwrap(),
+        Some(vec![1, 2, 3])
+    );
+}
+
+#[tokio::test]
+async fn dummy_url() {
+    let cache = Cache::from_url("dummy://").await.unwrap();
+    cache.set("k", "v", Ttl::Default).await.unwrap();
+    assert_eq!(cache.get::<String>("k").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn timeout_none_means_never() {
+    let cache = Cache::from_url("mem://?timeout=none").await.unwrap();
+    cache.set("k", "v", Ttl::Default).await.unwrap();
+    assert!(cache.has_key("k").await.unwrap());
+}
+
+async fn err(url: &str) -> String {
+    Cache::from_url(url).await.unwrap_err().to_string()
+}
+
+#[tokio::test]
+async fn errors_name_what_is_wrong() {
+    let e = err("nosuch://x").await;
+    assert!(e.contains("\"nosuch\"") && e.contains("mem://"), "{e}");
+    let e = err("mem://?max_entires=10").await;
+    assert!(e.contains("max_entires"), "{e}");
+    let e = err("mem://?max_entries=ten").await;
+    assert!(e.contains("max_entries"), "{e}");
+    let e = err("mem://?max_entries=1&max_bytes=1").await;
+    assert!(e.contains("not both"), "{e}");
+    let e = err("mem://?codec=pickle").await;
+    assert!(e.contains("pickle"), "{e}");
+    let e = err("mem://?key_prefix=a:b").await;
+    assert!(e.contains("':'"), "{e}");
+    let e = err("mem://?timeout=0").await;
+    assert!(e.contains("zero"), "{e}");
+    let e = err("mem://?hash_long_keys=maybe").await;
+    assert!(e.contains("hash_long_keys"), "{e}");
+    let e = err("dummy://host").await;
+    assert!(e.contains("dummy://"), "{e}");
+    let e = err("just-a-string").await;
+    assert!(e.contains("no scheme"), "{e}");
+    let e = err("mem://somehost").await;
+    assert!(e.contains("no host"), "{e}");
+}
+
+#[tokio::test]
+async fn hash_long_keys_option() {
+    let cache = Cache::from_url("mem://?hash_long_keys=true").await.unwrap();
+    let long = "x".repeat(500);
+    cache.set(&long, "v", Ttl::Default).await.unwrap();
+    assert_eq!(
+        cache.get::<String>(&long).await.unwrap().as_deref(),
+        Some("v")
+    );
+}
