@@ -3,15 +3,14 @@
 //! The backend conformance suite: every behaviour a [`Cache`] user relies on,
 //! as one test per case, runnable against any [`Backend`].
 //!
-//! ```ignore
-//! // tests/conformance.rs of a backend crate (needs tokio with "macros" and
-//! // "rt-multi-thread" as a dev-dependency)
+//! ```
+//! // tests/conformance.rs of a backend crate: one test per case.
 //! use std::sync::Arc;
-//! use larder_core::Backend;
+//! use larder_core::{Backend, DummyBackend};
 //!
-//! larder_testkit::conformance_suite!(|| async {
-//!     Arc::new(my_backend::MyBackend::new()) as Arc<dyn Backend>
-//! });
+//! // For a backend that stores, use `conformance_suite!` the same way.
+//! larder_testkit::dummy_suite!(|| async { Arc::new(DummyBackend) as Arc<dyn Backend> });
+//! # fn main() {}
 //! ```
 //!
 //! The factory is called once per case. Each case gets its own key prefix,
