@@ -29,6 +29,8 @@
 //! |-----|---------|---------------|
 //! | `mem://?max_entries=N` or `mem://?max_bytes=N` | in-process ([`larder_mem`]) | `mem` (default) |
 //! | `file:///path?max_entries=N&cull_frequency=N` | filesystem ([`larder_file`]) | `file` (default) |
+//! | `redis://[user:pass@]host:port[/db]` | Redis ([`larder_redis`]) | `redis` |
+//! | `redis+cluster://h1:p1,h2:p2` | Redis Cluster ([`larder_redis`]) | `redis` |
 //! | `dummy://` | stores nothing ([`DummyBackend`]) | always |
 //!
 //! Every URL also takes the cache options `key_prefix`, `version`, `timeout`
@@ -45,6 +47,8 @@ pub use larder_core::*;
 pub use larder_file;
 #[cfg(feature = "mem")]
 pub use larder_mem;
+#[cfg(feature = "redis")]
+pub use larder_redis;
 
 /// The names most programs need: `use larder::prelude::*;`.
 pub mod prelude {
@@ -77,6 +81,9 @@ pub fn supported_schemes() -> Vec<&'static str> {
     if cfg!(feature = "file") {
         v.push("file");
     }
+    if cfg!(feature = "redis") {
+        v.extend(["redis", "redis+cluster"]);
+    }
     v
 }
 
@@ -96,6 +103,10 @@ pub async fn open(url: &str) -> Result<Cache> {
         "mem" => std::sync::Arc::new(larder_mem::MemBackend::from_url(&mut parsed)?),
         #[cfg(feature = "file")]
         "file" => std::sync::Arc::new(larder_file::FileBackend::from_url(&mut parsed)?),
+        #[cfg(feature = "redis")]
+        "redis" | "redis+cluster" => {
+            std::sync::Arc::new(larder_redis::RedisBackend::from_url(&mut parsed).await?)
+        }
         other => {
             return Err(Error::config(format!(
                 "unknown cache URL scheme {other:?} in {url:?}; this build supports {} (other backends are cargo features of the larder crate)",

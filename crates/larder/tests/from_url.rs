@@ -100,3 +100,40 @@ async fn hash_long_keys_option() {
         Some("v")
     );
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn redis_urls() {
+    let cache = Cache::from_url("redis://127.0.0.1:6379/4?key_prefix=fromurl&deadline_ms=500")
+        .await
+        .expect("Redis on 6379 (run scripts/services)");
+    assert_eq!(cache.backend().name(), "redis");
+    cache.set("k", "v", Ttl::secs(5)).await.unwrap();
+    assert_eq!(
+        cache.get::<String>("k").await.unwrap().as_deref(),
+        Some("v")
+    );
+    cache.clear().await.unwrap();
+    let cluster =
+        Cache::from_url("redis+cluster://127.0.0.1:27001,127.0.0.1:27002?key_prefix=fromurl")
+            .await
+            .expect("Redis Cluster on 27001 (run scripts/services)");
+    cluster.set("k", "v", Ttl::secs(5)).await.unwrap();
+    assert!(cluster.has_key("k").await.unwrap());
+    cluster.clear().await.unwrap();
+    let e = err("redis://127.0.0.1:6379?deadline_ms=0").await;
+    assert!(e.contains("deadline_ms"), "{e}");
+    let e = err("redis://h1:1,h2:2").await;
+    assert!(e.contains("redis+cluster"), "{e}");
+    let e = err("redis+cluster://127.0.0.1:27001/2").await;
+    assert!(e.contains("database 0"), "{e}");
+    // A server that is not there: a clear error within the deadline.
+    let started = std::time::Instant::now();
+    let e = err("redis://127.0.0.1:1?deadline_ms=300").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(e.contains("redis"), "{e}");
+}

@@ -1,0 +1,457 @@
+//! # larder-redis
+//!
+//! The Redis backend for [larder](https://docs.rs/larder), on
+//! [redis-rs](https://docs.rs/redis): one multiplexed connection with
+//! automatic reconnection (`ConnectionManager`) for a single server, and the
+//! cluster-aware async connection for Redis Cluster.
+//!
+//! | URL | meaning |
+//! |-----|---------|
+//! | `redis://[user:pass@]host:port[/db]` | one server |
+//! | `redis+cluster://[user:pass@]h1:p1,h2:p2` | a Redis Cluster, from any of its nodes |
+//!
+//! Options (query parameters): `deadline_ms` (default 1000), the longest any
+//! single operation may take before it fails with `Error::Timeout`; clearing
+//! gets 30 times that, since it scans.
+//!
+//! How operations map to Redis, and why:
+//!
+//! - `get_many` is one `MGET` (on a cluster redis-rs splits it by slot and
+//!   runs the parts in parallel); `set_many` is one pipeline of `SET … PX`.
+//! - `add` is `SET NX PX`: atomic.
+//! - `incr` is a small Lua script: `INCRBY` would create a missing key, and
+//!   Django semantics (and the conformance suite) require `NotFound`; `INCRBY`
+//!   keeps the TTL and fails on non-integers and overflow on its own.
+//! - `touch` with "never" is `PERSIST` inside a script, because `PERSIST`
+//!   alone cannot tell a missing key from one without a TTL.
+//! - `clear` of a prefix is `SCAN MATCH prefix*` + `UNLINK` on every master,
+//!   never `FLUSHDB`; only `ClearScope::All` (`Cache::clear_all`) flushes.
+//!
+//! ```no_run
+//! # async fn run() -> larder_core::Result<()> {
+//! use larder_core::{Cache, CacheUrl, Ttl};
+//! let mut url = CacheUrl::parse("redis://127.0.0.1:6379/0")?;
+//! let cache = Cache::new(larder_redis::RedisBackend::from_url(&mut url).await?);
+//! cache.set("k", "v", Ttl::secs(60)).await?;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::future::try_join_all;
+use larder_core::{
+    async_trait, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry, Result,
+};
+use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, RedisError, Script};
+
+const NAME: &str = "redis";
+/// Default deadline of one operation.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(1);
+
+// Returns the new value as the stored string: a Lua number is a double, so
+// returning INCRBY's integer through Lua corrupts values near 2^63.
+const INCR_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then
+  return redis.error_reply('LARDER_NOTFOUND no such key')
+end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+return redis.call('GET', KEYS[1])
+"#;
+
+const PERSIST_SCRIPT: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('PERSIST', KEYS[1])
+return 1
+"#;
+
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// A cache backend on one Redis server or a Redis Cluster.
+#[derive(Clone)]
+pub struct RedisBackend {
+    conn: Conn,
+    deadline: Duration,
+    /// Node URLs to scan for `clear` (every master of a cluster, or the server).
+    credentials: Credentials,
+    incr: Script,
+    persist: Script,
+}
+
+#[derive(Clone, Default)]
+struct Credentials {
+    userinfo: String,
+}
+
+impl std::fmt::Debug for RedisBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackend")
+            .field(
+                "mode",
+                &match self.conn {
+                    Conn::Single(_) => "single",
+                    Conn::Cluster(_) => "cluster",
+                },
+            )
+            .field("deadline", &self.deadline)
+            .finish()
+    }
+}
+
+fn redis_err(e: RedisError) -> Error {
+    Error::backend(NAME, e)
+}
+
+fn millis(d: Duration) -> u64 {
+    (d.as_millis().min(u64::MAX as u128) as u64).max(1)
+}
+
+/// Escapes glob characters so a prefix matches only itself in `SCAN MATCH`.
+fn glob_escape(prefix: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + 4);
+    for c in prefix.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl RedisBackend {
+    /// Connects from `redis://…` or `redis+cluster://…`, taking the
+    /// `deadline_ms` option out of the URL.
+    pub async fn from_url(url: &mut CacheUrl) -> Result<Self> {
+        let deadline = url
+            .take_parsed::<u64>("deadline_ms")?
+            .map(Duration::from_millis)
+            .unwrap_or(DEFAULT_DEADLINE);
+        if deadline.is_zero() {
+            return Err(Error::config("deadline_ms must be greater than 0"));
+        }
+        let (userinfo, hosts) = match url.authority().rsplit_once('@') {
+            Some((u, h)) => (format!("{u}@"), h.to_owned()),
+            None => (String::new(), url.authority().to_owned()),
+        };
+        if hosts.is_empty() {
+            return Err(Error::config(format!(
+                "{} names no host; write e.g. redis://127.0.0.1:6379",
+                url.as_str()
+            )));
+        }
+        let credentials = Credentials { userinfo };
+        match url.scheme() {
+            "redis" | "rediss" => {
+                if hosts.contains(',') {
+                    return Err(Error::config(format!(
+                        "{} lists several hosts; for a cluster write redis+cluster://h1:p1,h2:p2",
+                        url.as_str()
+                    )));
+                }
+                let target = format!(
+                    "{}://{}{}{}",
+                    url.scheme(),
+                    credentials.userinfo,
+                    hosts,
+                    url.path()
+                );
+                let client = redis::Client::open(target.as_str()).map_err(|e| {
+                    Error::config(format!("invalid Redis URL {:?}: {e}", url.as_str()))
+                })?;
+                let conn = with_deadline(deadline, client.get_connection_manager()).await?;
+                Ok(Self::new(Conn::Single(conn), deadline, credentials))
+            }
+            "redis+cluster" | "rediss+cluster" => {
+                if !url.path().is_empty() && url.path() != "/" && url.path() != "/0" {
+                    return Err(Error::config(
+                        "Redis Cluster has only database 0; remove the /db from the URL",
+                    ));
+                }
+                let scheme = if url.scheme() == "rediss+cluster" {
+                    "rediss"
+                } else {
+                    "redis"
+                };
+                let nodes: Vec<String> = hosts
+                    .split(',')
+                    .map(|h| format!("{scheme}://{}{}", credentials.userinfo, h.trim()))
+                    .collect();
+                let client = redis::cluster::ClusterClient::new(nodes).map_err(|e| {
+                    Error::config(format!("invalid Redis Cluster URL {:?}: {e}", url.as_str()))
+                })?;
+                let conn = with_deadline(deadline, client.get_async_connection()).await?;
+                Ok(Self::new(Conn::Cluster(conn), deadline, credentials))
+            }
+            other => Err(Error::config(format!("not a Redis URL scheme: {other}"))),
+        }
+    }
+
+    fn new(conn: Conn, deadline: Duration, credentials: Credentials) -> Self {
+        RedisBackend {
+            conn,
+            deadline,
+            credentials,
+            incr: Script::new(INCR_SCRIPT),
+            persist: Script::new(PERSIST_SCRIPT),
+        }
+    }
+
+    /// True when connected to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.conn, Conn::Cluster(_))
+    }
+
+    async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        let fut = async {
+            match &self.conn {
+                Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
+                Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            }
+        };
+        with_deadline(self.deadline, fut).await
+    }
+
+    async fn script<T: FromRedisValue>(&self, script: &Script, key: &str, arg: i64) -> Result<T> {
+        let mut inv = script.key(key);
+        inv.arg(arg);
+        let fut = async {
+            match &self.conn {
+                Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
+                Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+            }
+        };
+        with_deadline(self.deadline, fut).await
+    }
+
+    /// The connections `clear` scans: the server, or every cluster master.
+    async fn scan_targets(&self) -> Result<Vec<ConnectionManager>> {
+        match &self.conn {
+            Conn::Single(c) => Ok(vec![c.clone()]),
+            Conn::Cluster(_) => {
+                let nodes: String = self.query(&redis::cmd("CLUSTER").arg("NODES")).await?;
+                let mut out = Vec::new();
+                for line in nodes.lines() {
+                    let fields: Vec<&str> = line.split_whitespace().collect();
+                    if fields.len() < 3 || !fields[2].split(',').any(|f| f == "master") {
+                        continue;
+                    }
+                    if fields[2].contains("fail") {
+                        continue;
+                    }
+                    let addr = fields[1].split('@').next().unwrap_or_default();
+                    let client =
+                        redis::Client::open(format!("redis://{}{addr}", self.credentials.userinfo))
+                            .map_err(redis_err)?;
+                    out.push(with_deadline(self.deadline, client.get_connection_manager()).await?);
+                }
+                Ok(out)
+            }
+        }
+    }
+}
+
+async fn with_deadline<T>(
+    deadline: Duration,
+    fut: impl Future<Output = std::result::Result<T, RedisError>>,
+) -> Result<T> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(r) => r.map_err(redis_err),
+        Err(_) => Err(Error::Timeout {
+            backend: NAME,
+            after: deadline,
+        }),
+    }
+}
+
+fn set_cmd(key: &str, value: &[u8], ttl: Expiry) -> Cmd {
+    let mut cmd = redis::cmd("SET");
+    cmd.arg(key).arg(value);
+    if let Expiry::After(d) = ttl {
+        cmd.arg("PX").arg(millis(d));
+    }
+    cmd
+}
+
+#[async_trait]
+impl Backend for RedisBackend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+            .with_prefix_clear(true)
+            .with_batch(true)
+            .with_shared(true)
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let v: Option<Vec<u8>> = self.query(redis::cmd("GET").arg(key)).await?;
+        Ok(v.map(Bytes::from))
+    }
+
+    async fn get_many(&self, keys: &[&str]) -> Result<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let v: Vec<Option<Vec<u8>>> = self.query(redis::cmd("MGET").arg(keys)).await?;
+        if v.len() != keys.len() {
+            return Err(Error::backend(
+                NAME,
+                format!("MGET of {} keys returned {} values", keys.len(), v.len()),
+            ));
+        }
+        Ok(v.into_iter().map(|o| o.map(Bytes::from)).collect())
+    }
+
+    async fn has_key(&self, key: &str) -> Result<bool> {
+        let n: i64 = self.query(redis::cmd("EXISTS").arg(key)).await?;
+        Ok(n > 0)
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Expiry) -> Result<()> {
+        self.query::<()>(&set_cmd(key, &value, ttl)).await
+    }
+
+    async fn set_many(&self, entries: &[(&str, Bytes)], ttl: Expiry) -> Result<Vec<String>> {
+        match &self.conn {
+            Conn::Single(c) => {
+                let mut pipe = redis::pipe();
+                for (k, v) in entries {
+                    pipe.add_command(set_cmd(k, v, ttl)).ignore();
+                }
+                with_deadline(self.deadline, pipe.query_async::<()>(&mut c.clone())).await?;
+            }
+            // Keys of a batch live in many slots; the cluster connection
+            // pipelines concurrent commands per node on its own.
+            Conn::Cluster(_) => {
+                try_join_all(
+                    entries
+                        .iter()
+                        .map(|(k, v)| async move { self.query::<()>(&set_cmd(k, v, ttl)).await }),
+                )
+                .await?;
+            }
+        }
+        Ok(Vec::new())
+    }
+
+    async fn add(&self, key: &str, value: Bytes, ttl: Expiry) -> Result<bool> {
+        let mut cmd = set_cmd(key, &value, ttl);
+        cmd.arg("NX");
+        let r: Option<String> = self.query(&cmd).await?;
+        Ok(r.is_some())
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool> {
+        let n: i64 = self.query(redis::cmd("DEL").arg(key)).await?;
+        Ok(n > 0)
+    }
+
+    async fn delete_many(&self, keys: &[&str]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let n: i64 = self.query(redis::cmd("DEL").arg(keys)).await?;
+        Ok(n.max(0) as u64)
+    }
+
+    async fn incr(&self, key: &str, delta: i64) -> Result<i64> {
+        match self.script::<String>(&self.incr, key, delta).await {
+            Ok(n) => n.parse().map_err(|_| {
+                Error::backend(NAME, format!("INCRBY left a non-integer {n:?} at {key:?}"))
+            }),
+            Err(Error::Backend { source, .. }) => {
+                let msg = source.to_string();
+                let key = key.to_owned();
+                Err(if msg.contains("LARDER_NOTFOUND") {
+                    Error::NotFound { key }
+                } else if msg.contains("overflow") {
+                    Error::Overflow { key }
+                } else if msg.contains("not an integer") {
+                    Error::NotANumber { key }
+                } else {
+                    Error::Backend {
+                        backend: NAME,
+                        source,
+                    }
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn touch(&self, key: &str, ttl: Expiry) -> Result<bool> {
+        match ttl {
+            Expiry::After(d) => {
+                let n: i64 = self
+                    .query(redis::cmd("PEXPIRE").arg(key).arg(millis(d)))
+                    .await?;
+                Ok(n == 1)
+            }
+            Expiry::Never => Ok(self.script::<i64>(&self.persist, key, 0).await? == 1),
+        }
+    }
+
+    async fn clear(&self, scope: ClearScope<'_>) -> Result<()> {
+        let long = self.deadline * 30;
+        for conn in self.scan_targets().await? {
+            let mut conn = conn;
+            match scope {
+                ClearScope::All => {
+                    with_deadline(long, redis::cmd("FLUSHDB").query_async::<()>(&mut conn)).await?;
+                }
+                ClearScope::Prefix(prefix) => {
+                    let pattern = format!("{}*", glob_escape(prefix));
+                    let mut cursor: u64 = 0;
+                    loop {
+                        let (next, keys): (u64, Vec<String>) = with_deadline(
+                            long,
+                            redis::cmd("SCAN")
+                                .arg(cursor)
+                                .arg("MATCH")
+                                .arg(&pattern)
+                                .arg("COUNT")
+                                .arg(1000)
+                                .query_async(&mut conn),
+                        )
+                        .await?;
+                        if !keys.is_empty() {
+                            // One UNLINK per key: a cluster node refuses a
+                            // multi-key command whose keys are in different
+                            // slots, even when it owns them all.
+                            let mut pipe = redis::pipe();
+                            for k in &keys {
+                                pipe.cmd("UNLINK").arg(k).ignore();
+                            }
+                            with_deadline(long, pipe.query_async::<()>(&mut conn)).await?;
+                        }
+                        if next == 0 {
+                            break;
+                        }
+                        cursor = next;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+        assert_eq!(glob_escape("app.v1"), "app.v1");
+    }
+}
