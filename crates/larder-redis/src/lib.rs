@@ -235,7 +235,7 @@ impl RedisBackend {
         match &self.conn {
             Conn::Single(c) => Ok(vec![c.clone()]),
             Conn::Cluster(_) => {
-                let nodes: String = self.query(&redis::cmd("CLUSTER").arg("NODES")).await?;
+                let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
                 let mut out = Vec::new();
                 for line in nodes.lines() {
                     let fields: Vec<&str> = line.split_whitespace().collect();
