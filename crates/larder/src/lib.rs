@@ -31,6 +31,7 @@
 //! | `file:///path?max_entries=N&cull_frequency=N` | filesystem ([`larder_file`]) | `file` (default) |
 //! | `redis://[user:pass@]host:port[/db]` | Redis ([`larder_redis`]) | `redis` |
 //! | `redis+cluster://h1:p1,h2:p2` | Redis Cluster ([`larder_redis`]) | `redis` |
+//! | `memcached://h1:p1,h2:p2` | memcached pool ([`larder_memcached`]) | `memcached` |
 //! | `dummy://` | stores nothing ([`DummyBackend`]) | always |
 //!
 //! Every URL also takes the cache options `key_prefix`, `version`, `timeout`
@@ -47,6 +48,8 @@ pub use larder_core::*;
 pub use larder_file;
 #[cfg(feature = "mem")]
 pub use larder_mem;
+#[cfg(feature = "memcached")]
+pub use larder_memcached;
 #[cfg(feature = "redis")]
 pub use larder_redis;
 
@@ -84,6 +87,9 @@ pub fn supported_schemes() -> Vec<&'static str> {
     if cfg!(feature = "redis") {
         v.extend(["redis", "redis+cluster"]);
     }
+    if cfg!(feature = "memcached") {
+        v.push("memcached");
+    }
     v
 }
 
@@ -103,6 +109,8 @@ pub async fn open(url: &str) -> Result<Cache> {
         "mem" => std::sync::Arc::new(larder_mem::MemBackend::from_url(&mut parsed)?),
         #[cfg(feature = "file")]
         "file" => std::sync::Arc::new(larder_file::FileBackend::from_url(&mut parsed)?),
+        #[cfg(feature = "memcached")]
+        "memcached" => std::sync::Arc::new(larder_memcached::MemcachedBackend::from_url(&mut parsed)?),
         #[cfg(feature = "redis")]
         "redis" | "redis+cluster" => {
             std::sync::Arc::new(larder_redis::RedisBackend::from_url(&mut parsed).await?)

@@ -137,3 +137,20 @@ async fn redis_urls() {
     );
     assert!(e.contains("redis"), "{e}");
 }
+
+#[cfg(feature = "memcached")]
+#[tokio::test]
+async fn memcached_urls() {
+    let cache = Cache::from_url(
+        "memcached://127.0.0.1:21211,127.0.0.1:21212?key_prefix=fromurl&deadline_ms=500",
+    )
+    .await
+    .unwrap();
+    assert_eq!(cache.backend().name(), "memcached");
+    cache.set("k", &41, Ttl::secs(5)).await.unwrap();
+    assert_eq!(cache.incr("k", 1).await.unwrap(), 42);
+    cache.clear().await.unwrap();
+    assert!(!cache.has_key("k").await.unwrap());
+    let e = err("memcached://127.0.0.1:21211?pool_size=lots").await;
+    assert!(e.contains("pool_size"), "{e}");
+}

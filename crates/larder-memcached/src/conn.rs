@@ -1,0 +1,148 @@
+//! One TCP connection to a memcached server.
+
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::proto::{self, ProtoError, Response, MAX_LINE};
+
+/// What can go wrong on a connection. Any of these makes the connection
+/// unusable (its stream position is unknown) and counts as a server failure.
+#[derive(Debug)]
+pub enum ConnError {
+    /// Connecting, reading or writing failed, or the server closed.
+    Io(std::io::Error),
+    /// The server sent something that is not the protocol.
+    Proto(ProtoError),
+    /// The deadline passed.
+    Timeout(Duration),
+}
+
+impl std::fmt::Display for ConnError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConnError::Io(e) => write!(f, "{e}"),
+            ConnError::Proto(e) => write!(f, "{e}"),
+            ConnError::Timeout(d) => write!(f, "no answer within {d:?}"),
+        }
+    }
+}
+
+impl From<std::io::Error> for ConnError {
+    fn from(e: std::io::Error) -> Self {
+        ConnError::Io(e)
+    }
+}
+
+/// How many responses a request expects.
+#[derive(Debug, Clone, Copy)]
+pub enum Until {
+    /// Exactly this many.
+    Count(usize),
+    /// Until `MN` (a pipeline of quiet commands ended by `mn`).
+    Mn,
+}
+
+/// A connection with its read buffer.
+pub struct Conn {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl Conn {
+    /// Connects.
+    pub async fn connect(addr: &str) -> Result<Conn, ConnError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(Conn {
+            stream,
+            buf: BytesMut::with_capacity(16 * 1024),
+        })
+    }
+
+    /// Sends a request and reads its responses.
+    pub async fn exchange(
+        &mut self,
+        request: &[u8],
+        until: Until,
+        max_value: usize,
+    ) -> Result<Vec<Response>, ConnError> {
+        self.stream.write_all(request).await?;
+        let mut out = Vec::new();
+        loop {
+            match until {
+                Until::Count(n) if out.len() == n => return Ok(out),
+                _ => {}
+            }
+            let r = self.read_response(max_value).await?;
+            let done = matches!((until, &r), (Until::Mn, Response::Mn));
+            out.push(r);
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    async fn fill(&mut self) -> Result<(), ConnError> {
+        if self.stream.read_buf(&mut self.buf).await? == 0 {
+            return Err(ConnError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "memcached closed the connection",
+            )));
+        }
+        Ok(())
+    }
+
+    async fn read_response(&mut self, max_value: usize) -> Result<Response, ConnError> {
+        loop {
+            match proto::parse(&self.buf, max_value).map_err(ConnError::Proto)? {
+                Some((r, n)) => {
+                    let _ = self.buf.split_to(n);
+                    return Ok(r);
+                }
+                None => self.fill().await?,
+            }
+        }
+    }
+
+    /// Sends a classic text command (`stats settings`, `flush_all`,
+    /// `lru_crawler metadump all`) and returns its lines up to and without
+    /// the terminator line (`END` or `OK`), or the error line.
+    pub async fn text_command(&mut self, line: &str) -> Result<Vec<String>, ConnError> {
+        self.stream
+            .write_all(format!("{line}\r\n").as_bytes())
+            .await?;
+        let mut lines = Vec::new();
+        loop {
+            let l = self.read_line().await?;
+            if l == "END" || l == "OK" {
+                return Ok(lines);
+            }
+            if l.starts_with("ERROR")
+                || l.starts_with("CLIENT_ERROR")
+                || l.starts_with("SERVER_ERROR")
+                || l.starts_with("BUSY")
+            {
+                lines.push(l);
+                return Ok(lines);
+            }
+            lines.push(l);
+        }
+    }
+
+    async fn read_line(&mut self) -> Result<String, ConnError> {
+        loop {
+            if let Some(nl) = self.buf.iter().take(MAX_LINE).position(|&b| b == b'\n') {
+                let line = self.buf.split_to(nl + 1);
+                let text = String::from_utf8_lossy(&line[..nl]);
+                return Ok(text.trim_end_matches('\r').to_owned());
+            }
+            if self.buf.len() >= MAX_LINE {
+                return Err(ConnError::Proto(ProtoError::LineTooLong));
+            }
+            self.fill().await?;
+        }
+    }
+}
