@@ -1,6 +1,7 @@
 //! The `larder` command.
 
 mod bench;
+mod createcachetable;
 
 use std::process::ExitCode;
 
@@ -20,6 +21,9 @@ enum Command {
     /// the same JSON, so the two can be compared side by side.
     #[command(after_help = bench::EXAMPLES)]
     Bench(bench::BenchArgs),
+    /// Create the cache table of a SQL cache (idempotent).
+    #[command(after_help = createcachetable::EXAMPLES)]
+    Createcachetable(createcachetable::CreateCacheTableArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
+        Command::Createcachetable(args) => createcachetable::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -164,53 +164,33 @@ impl CacheBuilder {
         self
     }
 
-    /// Takes the cache-level options out of a URL: `key_prefix`, `version`,
-    /// `timeout` (seconds, or `none` for never), `codec` (`postcard`/`json`),
-    /// `compress_above` (bytes, or `none`), `hash_long_keys`,
-    /// `max_value_bytes`, `name`. Backend options are left for the backend.
-    pub fn url_options(mut self, url: &mut CacheUrl) -> Result<Self> {
-        if let Some(p) = url.take("key_prefix") {
+    /// Applies the cache-level options taken from a URL.
+    pub fn url_options(mut self, o: UrlOptions) -> Self {
+        if let Some(p) = o.key_prefix {
             self.prefix = p;
         }
-        if let Some(v) = url.take_parsed::<u64>("version")? {
+        if let Some(v) = o.version {
             self.version = v;
         }
-        if let Some(t) = url.take("timeout") {
-            self.default_ttl = if t.eq_ignore_ascii_case("none") {
-                Ttl::Never
-            } else {
-                let secs: u64 = t.parse().map_err(|_| {
-                    Error::config(format!(
-                        "option timeout={t:?} is not a number of seconds or \"none\""
-                    ))
-                })?;
-                Ttl::After(Duration::from_secs(secs))
-            };
+        if let Some(t) = o.timeout {
+            self.default_ttl = t;
         }
-        if let Some(c) = url.take("codec") {
-            self.envelope.codec = Codec::parse(&c)?;
+        if let Some(c) = o.codec {
+            self.envelope.codec = c;
         }
-        if let Some(c) = url.take("compress_above") {
-            self.envelope.compress_above = if c.eq_ignore_ascii_case("none") {
-                None
-            } else {
-                Some(c.parse().map_err(|_| {
-                    Error::config(format!(
-                        "option compress_above={c:?} is not a number of bytes or \"none\""
-                    ))
-                })?)
-            };
+        if let Some(c) = o.compress_above {
+            self.envelope.compress_above = c;
         }
-        if let Some(h) = url.take_bool("hash_long_keys")? {
+        if let Some(h) = o.hash_long_keys {
             self.hash_long_keys = h;
         }
-        if let Some(m) = url.take_parsed::<usize>("max_value_bytes")? {
+        if let Some(m) = o.max_value_bytes {
             self.max_value_bytes = m;
         }
-        if let Some(n) = url.take("name") {
+        if let Some(n) = o.name {
             self.name = Some(n);
         }
-        Ok(self)
+        self
     }
 
     /// Validates the configuration and builds the cache.
@@ -247,6 +227,72 @@ impl CacheBuilder {
                 counters,
             }),
         })
+    }
+}
+
+/// The cache-level options of a cache URL: `key_prefix`, `version`,
+/// `timeout` (seconds, or `none` for never), `codec` (`postcard`/`json`),
+/// `compress_above` (bytes, or `none`), `hash_long_keys`,
+/// `max_value_bytes`, `name`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UrlOptions {
+    /// `key_prefix`.
+    pub key_prefix: Option<String>,
+    /// `version`.
+    pub version: Option<u64>,
+    /// `timeout`: the default TTL.
+    pub timeout: Option<Ttl>,
+    /// `codec`.
+    pub codec: Option<Codec>,
+    /// `compress_above`; `Some(None)` turns compression off.
+    pub compress_above: Option<Option<usize>>,
+    /// `hash_long_keys`.
+    pub hash_long_keys: Option<bool>,
+    /// `max_value_bytes`.
+    pub max_value_bytes: Option<usize>,
+    /// `name`.
+    pub name: Option<String>,
+}
+
+impl UrlOptions {
+    /// Takes the cache-level options out of a URL, leaving the backend's.
+    pub fn take(url: &mut CacheUrl) -> Result<UrlOptions> {
+        let mut o = UrlOptions {
+            key_prefix: url.take("key_prefix"),
+            version: url.take_parsed::<u64>("version")?,
+            ..UrlOptions::default()
+        };
+        if let Some(t) = url.take("timeout") {
+            o.timeout = Some(if t.eq_ignore_ascii_case("none") {
+                Ttl::Never
+            } else {
+                let secs: u64 = t.parse().map_err(|_| {
+                    Error::config(format!(
+                        "option timeout={t:?} is not a number of seconds or \"none\""
+                    ))
+                })?;
+                Ttl::After(Duration::from_secs(secs))
+            });
+        }
+        if let Some(c) = url.take("codec") {
+            o.codec = Some(Codec::parse(&c)?);
+        }
+        if let Some(c) = url.take("compress_above") {
+            o.compress_above = Some(if c.eq_ignore_ascii_case("none") {
+                None
+            } else {
+                Some(c.parse().map_err(|_| {
+                    Error::config(format!(
+                        "option compress_above={c:?} is not a number of bytes or \"none\""
+                    ))
+                })?)
+            });
+        }
+        o.hash_long_keys = url.take_bool("hash_long_keys")?;
+        o.max_value_bytes = url.take_parsed::<usize>("max_value_bytes")?;
+        o.name = url.take("name");
+        Ok(o)
     }
 }
 

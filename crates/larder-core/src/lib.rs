@@ -33,7 +33,7 @@ pub mod url;
 pub use async_trait::async_trait;
 pub use backend::{Backend, Capabilities, ClearScope};
 pub use bytes::Bytes;
-pub use cache::{Cache, CacheBuilder, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL};
+pub use cache::{Cache, CacheBuilder, UrlOptions, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL};
 pub use dummy::DummyBackend;
 pub use envelope::Codec;
 pub use error::{Error, Result};

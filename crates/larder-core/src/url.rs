@@ -129,6 +129,12 @@ impl CacheUrl {
         }
     }
 
+    /// Removes and returns every option left, in order. A backend whose
+    /// driver has options of its own (SQL) passes these on to it.
+    pub fn take_rest(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.params)
+    }
+
     /// Fails naming every option nobody took.
     pub fn finish(self) -> Result<()> {
         if self.params.is_empty() {

@@ -32,6 +32,7 @@
 //! | `redis://[user:pass@]host:port[/db]` | Redis ([`larder_redis`]) | `redis` |
 //! | `redis+cluster://h1:p1,h2:p2` | Redis Cluster ([`larder_redis`]) | `redis` |
 //! | `memcached://h1:p1,h2:p2` | memcached pool ([`larder_memcached`]) | `memcached` |
+//! | `sqlite:///path.db`, `postgres://…`, `mysql://…` | SQL table ([`larder_sql`]) | `sql` |
 //! | `dummy://` | stores nothing ([`DummyBackend`]) | always |
 //!
 //! Every URL also takes the cache options `key_prefix`, `version`, `timeout`
@@ -52,6 +53,8 @@ pub use larder_mem;
 pub use larder_memcached;
 #[cfg(feature = "redis")]
 pub use larder_redis;
+#[cfg(feature = "sql")]
+pub use larder_sql;
 
 /// The names most programs need: `use larder::prelude::*;`.
 pub mod prelude {
@@ -90,12 +93,17 @@ pub fn supported_schemes() -> Vec<&'static str> {
     if cfg!(feature = "memcached") {
         v.push("memcached");
     }
+    if cfg!(feature = "sql") {
+        v.extend(["sqlite", "postgres", "mysql"]);
+    }
     v
 }
 
 /// Opens a cache from a URL (the function behind [`OpenUrl::from_url`]).
 pub async fn open(url: &str) -> Result<Cache> {
     let mut parsed = CacheUrl::parse(url)?;
+    // Cache options first: some backends hand what is left to their driver.
+    let options = UrlOptions::take(&mut parsed)?;
     let backend: std::sync::Arc<dyn Backend> = match parsed.scheme() {
         "dummy" => {
             if !parsed.authority().is_empty() || !parsed.path().is_empty() {
@@ -109,6 +117,10 @@ pub async fn open(url: &str) -> Result<Cache> {
         "mem" => std::sync::Arc::new(larder_mem::MemBackend::from_url(&mut parsed)?),
         #[cfg(feature = "file")]
         "file" => std::sync::Arc::new(larder_file::FileBackend::from_url(&mut parsed)?),
+        #[cfg(feature = "sql")]
+        "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb" => {
+            std::sync::Arc::new(larder_sql::SqlBackend::from_url(&mut parsed).await?)
+        }
         #[cfg(feature = "memcached")]
         "memcached" => std::sync::Arc::new(larder_memcached::MemcachedBackend::from_url(&mut parsed)?),
         #[cfg(feature = "redis")]
@@ -126,7 +138,6 @@ pub async fn open(url: &str) -> Result<Cache> {
             )))
         }
     };
-    let builder = Cache::builder_arc(backend).url_options(&mut parsed)?;
     parsed.finish()?;
-    builder.build()
+    Cache::builder_arc(backend).url_options(options).build()
 }

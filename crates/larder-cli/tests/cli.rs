@@ -1,0 +1,119 @@
+//! The `larder` binary, run as a user would.
+
+use std::process::Command;
+
+fn larder(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(args)
+        .env_remove("LARDER_CACHE_URL")
+        .output()
+        .expect("run larder")
+}
+
+#[test]
+fn createcachetable_dry_run_prints_ddl() {
+    let out = larder(&[
+        "createcachetable",
+        "--url",
+        "postgres://x@127.0.0.1/db",
+        "--dry-run",
+    ]);
+    assert!(out.status.success());
+    let sql = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        sql.contains("CREATE TABLE IF NOT EXISTS larder_cache"),
+        "{sql}"
+    );
+    assert!(sql.contains("BYTEA"), "{sql}");
+}
+
+#[test]
+fn createcachetable_is_idempotent_on_real_databases() {
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = format!("sqlite://{}/c.db", dir.path().display());
+    for url in [
+        sqlite.as_str(),
+        "postgres://postgres@127.0.0.1:5432/test",
+        "mysql://root@127.0.0.1:3306/test",
+    ] {
+        for _ in 0..2 {
+            let out = larder(&[
+                "createcachetable",
+                "--url",
+                url,
+                "--table",
+                "larder_cli_test",
+            ]);
+            assert!(
+                out.status.success(),
+                "{url}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+}
+
+#[test]
+fn bad_input_gets_a_clear_error_and_exit_code_2() {
+    let out = larder(&[
+        "createcachetable",
+        "--url",
+        "redis://127.0.0.1",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a SQL database URL"));
+    let out = larder(&[
+        "createcachetable",
+        "--url",
+        "sqlite:///tmp/x.db",
+        "--table",
+        "bad;name",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("table name"));
+    let out = larder(&["bench", "--out", "/tmp/x.json", "--backends", "nosuch"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown backend"));
+}
+
+#[test]
+fn bench_writes_django_compatible_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let out_path = dir.path().join("b.json");
+    let out = larder(&[
+        "bench",
+        "--backends",
+        "mem,dummy",
+        "--n",
+        "2000",
+        "--repeat",
+        "1",
+        "--max-seconds",
+        "0.5",
+        "--out",
+        out_path.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_path).unwrap()).unwrap();
+    for op in [
+        "set",
+        "get_hit",
+        "get_miss",
+        "get_many10",
+        "incr",
+        "get_or_set",
+    ] {
+        let r = &doc["results"]["mem"][op];
+        assert!(r["ops_per_sec"].as_f64().unwrap() > 0.0, "{op}");
+        assert!(r["us_per_op"].as_f64().is_some(), "{op}");
+        assert_eq!(r["runs"].as_array().unwrap().len(), 1);
+    }
+    assert_eq!(doc["ops"].as_array().unwrap().len(), 6);
+    assert!(doc["config"]["value_bytes"] == 100);
+}
