@@ -81,6 +81,13 @@ pub struct BenchArgs {
     /// Name written into the JSON's "benchmark" field.
     #[arg(long, default_value = "larder_cache_ops")]
     name: String,
+    /// Requests in flight at once (one runtime thread; >1 measures throughput
+    /// with that many concurrent callers, like redis-benchmark -c).
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Comma-separated subset of the operations to run.
+    #[arg(long, default_value = "set,get_hit,get_miss,get_many10,incr,get_or_set")]
+    ops: String,
 }
 
 #[derive(Serialize)]
@@ -150,6 +157,21 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     if args.repeat == 0 {
         return Err(CliError::usage("--repeat must be at least 1"));
     }
+    if args.concurrency == 0 {
+        return Err(CliError::usage("--concurrency must be at least 1"));
+    }
+    let ops: Vec<&'static str> = args
+        .ops
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|o| {
+            OPS.iter()
+                .find(|k| **k == o)
+                .copied()
+                .ok_or_else(|| CliError::usage(format!("unknown op {o:?}; choose from {}", OPS.join(", "))))
+        })
+        .collect::<Result<_, _>>()?;
     let temp_dir = std::env::temp_dir().join(format!("larder-bench-{}", std::process::id()));
     let file_dir = args.file_dir.clone().unwrap_or_else(|| temp_dir.clone());
     let targets = targets(&args, &file_dir)?;
@@ -167,7 +189,14 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         let n = args.n.unwrap_or(t.default_n);
         counts.insert(t.name.clone(), n);
         let began = Instant::now();
-        let r = rt.block_on(bench_backend(&t.url, n, args.max_seconds, args.repeat));
+        let r = rt.block_on(bench_backend(
+            &t.url,
+            n,
+            args.max_seconds,
+            args.repeat,
+            args.concurrency,
+            &ops,
+        ));
         eprintln!(
             "# {}: done in {:.1}s",
             t.name,
@@ -182,7 +211,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     if args.file_dir.is_none() {
         let _ = std::fs::remove_dir_all(&temp_dir);
     }
-    print_table(&targets, &results);
+    print_table(&targets, &results, &ops);
     let doc = serde_json::json!({
         "benchmark": args.name,
         "date_utc": utc(started),
@@ -196,8 +225,9 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             "urls": targets.iter().map(|t| (t.name.clone(), t.url.clone())).collect::<BTreeMap<_, _>>(),
             "value_type": "String of 100 bytes (typed API, postcard envelope)",
             "runtime": "tokio current_thread",
+            "concurrency": args.concurrency,
         },
-        "ops": OPS,
+        "ops": ops,
         "results": results,
     });
     if let Some(parent) = args.out.parent() {
@@ -219,6 +249,8 @@ async fn bench_backend(
     n: usize,
     max_seconds: f64,
     repeat: usize,
+    concurrency: usize,
+    ops: &[&'static str],
 ) -> Result<BTreeMap<&'static str, OpResult>, Error> {
     let cache = larder::open(url).await?;
     cache.clear().await?;
@@ -244,22 +276,21 @@ async fn bench_backend(
     }
     let warmup = (n / 10).min(200);
     let mut out = BTreeMap::new();
-    for op in OPS {
+    for &op in ops {
         let mut runs = Vec::with_capacity(repeat);
         for _ in 0..repeat {
-            let (count, secs) = run_op(
-                &cache,
-                Op::parse(op),
-                n,
-                max_seconds,
-                warmup,
-                &keys,
-                &miss_keys,
-                &groups,
-                &value,
+            let fixture = Fixture {
+                keys: &keys,
+                miss_keys: &miss_keys,
+                groups: &groups,
+                value: &value,
                 ttl,
-            )
-            .await?;
+            };
+            let (count, secs) = if concurrency == 1 {
+                run_op(&cache, Op::parse(op), n, max_seconds, warmup, &fixture).await?
+            } else {
+                run_concurrent(&cache, Op::parse(op), n, max_seconds, concurrency, &fixture).await?
+            };
             runs.push(RunResult {
                 ops: count,
                 seconds: (secs * 1e6).round() / 1e6,
@@ -294,21 +325,25 @@ fn median(sorted: &[f64]) -> f64 {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What the operations work on.
+struct Fixture<'a> {
+    keys: &'a [String],
+    miss_keys: &'a [String],
+    groups: &'a [Vec<&'a str>],
+    value: &'a String,
+    ttl: Ttl,
+}
+
 async fn run_op(
     cache: &Cache,
     op: Op,
     n: usize,
     max_seconds: f64,
     warmup: usize,
-    keys: &[String],
-    miss_keys: &[String],
-    groups: &[Vec<&str>],
-    value: &String,
-    ttl: Ttl,
+    f: &Fixture<'_>,
 ) -> Result<(usize, f64), Error> {
     for i in 0..warmup {
-        one(cache, op, i, keys, miss_keys, groups, value, ttl).await?;
+        one(cache, op, i, f).await?;
     }
     let deadline = Duration::from_secs_f64(max_seconds);
     let t0 = Instant::now();
@@ -317,7 +352,7 @@ async fn run_op(
     while i < n {
         let end = n.min(i + 128);
         for j in i..end {
-            one(cache, op, j, keys, miss_keys, groups, value, ttl).await?;
+            one(cache, op, j, f).await?;
         }
         i = end;
         if t0.elapsed() > deadline {
@@ -327,32 +362,53 @@ async fn run_op(
     Ok((i, t0.elapsed().as_secs_f64()))
 }
 
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-async fn one(
+/// `concurrency` callers on one runtime thread, each looping until the
+/// shared budget of `n` operations or the time cap runs out.
+async fn run_concurrent(
     cache: &Cache,
     op: Op,
-    i: usize,
-    keys: &[String],
-    miss_keys: &[String],
-    groups: &[Vec<&str>],
-    value: &String,
-    ttl: Ttl,
-) -> Result<(), Error> {
+    n: usize,
+    max_seconds: f64,
+    concurrency: usize,
+    f: &Fixture<'_>,
+) -> Result<(usize, f64), Error> {
+    use std::cell::Cell;
+    let next = Cell::new(0usize);
+    let deadline = Duration::from_secs_f64(max_seconds);
+    // Warm up every caller's connection path.
+    let warm: Vec<_> = (0..concurrency).map(|i| one(cache, op, i, f)).collect();
+    for r in futures_util::future::join_all(warm).await {
+        r?;
+    }
+    let t0 = Instant::now();
+    let callers = (0..concurrency).map(|_| async {
+        loop {
+            let i = next.get();
+            if i >= n || (i % 128 == 0 && t0.elapsed() > deadline) {
+                return Ok::<(), Error>(());
+            }
+            next.set(i + 1);
+            one(cache, op, i, f).await?;
+        }
+    });
+    for r in futures_util::future::join_all(callers).await {
+        r?;
+    }
+    Ok((next.get().min(n), t0.elapsed().as_secs_f64()))
+}
+
+#[inline(always)]
+async fn one(cache: &Cache, op: Op, i: usize, f: &Fixture<'_>) -> Result<(), Error> {
     match op {
-        Op::Set => cache.set(&keys[i % POOL], value, ttl).await?,
+        Op::Set => cache.set(&f.keys[i % POOL], f.value, f.ttl).await?,
         Op::GetHit => {
-            black_box(cache.get::<String>(&keys[i % POOL]).await?);
+            black_box(cache.get::<String>(&f.keys[i % POOL]).await?);
         }
         Op::GetMiss => {
-            black_box(cache.get::<String>(&miss_keys[i % miss_keys.len()]).await?);
+            black_box(cache.get::<String>(&f.miss_keys[i % f.miss_keys.len()]).await?);
         }
         Op::GetMany10 => {
-            black_box(
-                cache
-                    .get_many::<String, _>(&groups[i % groups.len()])
-                    .await?,
-            );
+            black_box(cache.get_many::<String, _>(&f.groups[i % f.groups.len()]).await?);
         }
         Op::Incr => match cache.incr("djb:ctr", 1).await {
             Ok(v) => {
@@ -364,9 +420,7 @@ async fn one(
         },
         Op::GetOrSet => {
             let v: String = cache
-                .get_or_compute(&keys[i % POOL], ttl, || async {
-                    Ok::<_, Error>(value.clone())
-                })
+                .get_or_compute(&f.keys[i % POOL], f.ttl, || async { Ok::<_, Error>(f.value.clone()) })
                 .await?;
             black_box(v);
         }
@@ -374,11 +428,11 @@ async fn one(
     Ok(())
 }
 
-fn print_table(targets: &[Target], results: &BTreeMap<String, serde_json::Value>) {
+fn print_table(targets: &[Target], results: &BTreeMap<String, serde_json::Value>, ops: &[&str]) {
     let header = format!(
         "{:<11}{}",
         "backend",
-        OPS.iter().map(|o| format!("{o:>13}")).collect::<String>()
+        ops.iter().map(|o| format!("{o:>13}")).collect::<String>()
     );
     println!("ops/second, median of repeats (single thread; get_many10 = calls/s, 10 keys each)");
     println!("{header}");
@@ -389,7 +443,7 @@ fn print_table(targets: &[Target], results: &BTreeMap<String, serde_json::Value>
             println!("{:<11} ERROR {e}", t.name);
             continue;
         }
-        let row: String = OPS
+        let row: String = ops
             .iter()
             .map(|o| format!("{:>13.0}", r[*o]["ops_per_sec"].as_f64().unwrap_or(0.0)))
             .collect();
@@ -404,7 +458,7 @@ fn print_table(targets: &[Target], results: &BTreeMap<String, serde_json::Value>
         if r.get("error").is_some() {
             continue;
         }
-        let row: String = OPS
+        let row: String = ops
             .iter()
             .map(|o| format!("{:>13.1}", r[*o]["ns_per_op"].as_f64().unwrap_or(0.0)))
             .collect();
