@@ -39,11 +39,15 @@ def main():
     ms1, ms64 = memaslap(d / "memaslap_c1.txt"), memaslap(d / "memaslap_c64.txt")
 
     print("### One connection, one request in flight, pinned (ops/s, median of 3)\n")
-    print("| op | Django db (SQLite) | larder sqlite | ratio | Django redis | larder redis | ratio | Django pymemcache | larder memcached | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("| op | Django db (SQLite) | larder sqlite | ratio | larder sqlite, io=inline | ratio | Django redis | larder redis | ratio | Django pymemcache | larder memcached | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for op in ["set", "get_hit", "get_miss", "get_many10", "incr", "get_or_set"]:
         cells = []
-        for dj_name, l_name in [("db", "sqlite"), ("redis", "redis"), ("pymemcache", "memcached")]:
+        for dj_name, l_name in [("db", "sqlite"), ("db", "sqlite_inline"), ("redis", "redis"), ("pymemcache", "memcached")]:
+            if l_name == "sqlite_inline":
+                b = c1[l_name][op]["ops_per_sec"]
+                cells += [f"{b:,.0f}", f"{b / dj['db'][op]['ops_per_sec']:.1f}x"]
+                continue
             a = dj[dj_name][op]["ops_per_sec"]
             b = c1[l_name][op]["ops_per_sec"]
             cells += [f"{a:,.0f}", f"{b:,.0f}", f"{b / a:.1f}x"]

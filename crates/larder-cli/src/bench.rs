@@ -86,7 +86,10 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     concurrency: usize,
     /// Comma-separated subset of the operations to run.
-    #[arg(long, default_value = "set,get_hit,get_miss,get_many10,incr,get_or_set")]
+    #[arg(
+        long,
+        default_value = "set,get_hit,get_miss,get_many10,incr,get_or_set"
+    )]
     ops: String,
 }
 
@@ -166,10 +169,9 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         .map(str::trim)
         .filter(|s| !s.is_empty())
         .map(|o| {
-            OPS.iter()
-                .find(|k| **k == o)
-                .copied()
-                .ok_or_else(|| CliError::usage(format!("unknown op {o:?}; choose from {}", OPS.join(", "))))
+            OPS.iter().find(|k| **k == o).copied().ok_or_else(|| {
+                CliError::usage(format!("unknown op {o:?}; choose from {}", OPS.join(", ")))
+            })
         })
         .collect::<Result<_, _>>()?;
     let temp_dir = std::env::temp_dir().join(format!("larder-bench-{}", std::process::id()));
@@ -384,7 +386,7 @@ async fn run_concurrent(
     let callers = (0..concurrency).map(|_| async {
         loop {
             let i = next.get();
-            if i >= n || (i % 128 == 0 && t0.elapsed() > deadline) {
+            if i >= n || (i.is_multiple_of(128) && t0.elapsed() > deadline) {
                 return Ok::<(), Error>(());
             }
             next.set(i + 1);
@@ -405,10 +407,18 @@ async fn one(cache: &Cache, op: Op, i: usize, f: &Fixture<'_>) -> Result<(), Err
             black_box(cache.get::<String>(&f.keys[i % POOL]).await?);
         }
         Op::GetMiss => {
-            black_box(cache.get::<String>(&f.miss_keys[i % f.miss_keys.len()]).await?);
+            black_box(
+                cache
+                    .get::<String>(&f.miss_keys[i % f.miss_keys.len()])
+                    .await?,
+            );
         }
         Op::GetMany10 => {
-            black_box(cache.get_many::<String, _>(&f.groups[i % f.groups.len()]).await?);
+            black_box(
+                cache
+                    .get_many::<String, _>(&f.groups[i % f.groups.len()])
+                    .await?,
+            );
         }
         Op::Incr => match cache.incr("djb:ctr", 1).await {
             Ok(v) => {
@@ -420,7 +430,9 @@ async fn one(cache: &Cache, op: Op, i: usize, f: &Fixture<'_>) -> Result<(), Err
         },
         Op::GetOrSet => {
             let v: String = cache
-                .get_or_compute(&f.keys[i % POOL], f.ttl, || async { Ok::<_, Error>(f.value.clone()) })
+                .get_or_compute(&f.keys[i % POOL], f.ttl, || async {
+                    Ok::<_, Error>(f.value.clone())
+                })
                 .await?;
             black_box(v);
         }

@@ -2,7 +2,9 @@
 //! the same name). Idempotent; `--dry-run` prints the DDL instead.
 
 use clap::Args;
-use larder::larder_sql::{create_table_sql, Dialect, SqlBackend, SqlConfig};
+use larder::larder_sql::{
+    create_table_sql, Dialect, SqlBackend, SqlConfig, SqliteBackend, SqliteConfig,
+};
 
 use crate::CliError;
 
@@ -48,11 +50,23 @@ pub fn run(args: CreateCacheTableArgs) -> Result<(), CliError> {
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
-        let mut config = SqlConfig::default();
-        config.table = args.table.clone();
-        config.create_table = false;
-        let backend = SqlBackend::connect(&args.url, config).await?;
-        backend.create_table().await?;
+        if dialect == Dialect::Sqlite {
+            let mut url = larder::CacheUrl::parse(&args.url)?;
+            let path = format!("{}{}", url.authority(), url.path());
+            url.take_rest();
+            let mut config = SqliteConfig::default();
+            config.table = args.table.clone();
+            config.create_table = false;
+            SqliteBackend::open(path, config)?.create_table().await?;
+        } else {
+            let mut config = SqlConfig::default();
+            config.table = args.table.clone();
+            config.create_table = false;
+            SqlBackend::connect(&args.url, config)
+                .await?
+                .create_table()
+                .await?;
+        }
         println!("cache table {:?} is ready", args.table);
         Ok::<_, larder::Error>(())
     })?;

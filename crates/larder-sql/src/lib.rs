@@ -3,11 +3,13 @@
 //! A cache table in a SQL database, for [larder](https://docs.rs/larder): SQLite,
 //! PostgreSQL and MySQL/MariaDB through [sqlx](https://docs.rs/sqlx).
 //!
-//! | URL | database |
-//! |-----|----------|
-//! | `sqlite:///path/to/cache.db`, `sqlite://relative.db`, `sqlite::memory:` is not a URL: use a file | SQLite (created if missing) |
-//! | `postgres://user@host:5432/db` | PostgreSQL |
-//! | `mysql://user:pass@host:3306/db` | MySQL / MariaDB |
+//! | URL | database | type |
+//! |-----|----------|------|
+//! | `sqlite:///path/to/cache.db`, `sqlite://relative.db` | SQLite (created if missing), in process on rusqlite | [`SqliteBackend`] |
+//! | `postgres://user@host:5432/db` | PostgreSQL, on sqlx | [`SqlBackend`] |
+//! | `mysql://user:pass@host:3306/db` | MySQL / MariaDB, on sqlx | [`SqlBackend`] |
+//!
+//! [`open`] picks the right one for a URL.
 //!
 //! Options: `table` (default `larder_cache`), `create_table` (default true:
 //! the table is created if missing, idempotently), `cull_every` (default
@@ -34,6 +36,9 @@
 //! - Keys are `VARBINARY(250)` on MySQL/MariaDB so they compare byte for
 //!   byte; the default collations there would make `"a"` and `"A"` one key.
 #![warn(missing_docs)]
+
+pub mod sqlite;
+pub use sqlite::{SqliteBackend, SqliteConfig, SqliteIo};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
@@ -215,6 +220,15 @@ impl std::fmt::Debug for SqlBackend {
 
 fn db_err(e: sqlx::Error) -> Error {
     Error::backend(NAME, e)
+}
+
+/// Opens the SQL backend for a cache URL: [`SqliteBackend`] for `sqlite://`,
+/// [`SqlBackend`] for `postgres://` and `mysql://`.
+pub async fn open(url: &mut CacheUrl) -> Result<Arc<dyn Backend>> {
+    match url.scheme() {
+        "sqlite" => Ok(Arc::new(SqliteBackend::from_url(url)?)),
+        _ => Ok(Arc::new(SqlBackend::from_url(url).await?)),
+    }
 }
 
 fn now_ms() -> i64 {

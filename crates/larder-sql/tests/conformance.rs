@@ -5,15 +5,13 @@
 use std::sync::Arc;
 
 use larder_core::{Backend, CacheUrl};
-use larder_sql::SqlBackend;
-
 async fn connect(url: &str) -> Arc<dyn Backend> {
     let mut u = CacheUrl::parse(url).unwrap();
-    let b = SqlBackend::from_url(&mut u)
+    let b = larder_sql::open(&mut u)
         .await
         .unwrap_or_else(|e| panic!("cannot use {url}: {e}"));
     u.finish().unwrap();
-    Arc::new(b)
+    b
 }
 
 /// A database file per case: SQLite has one writer per file, and 95 test
@@ -21,7 +19,7 @@ async fn connect(url: &str) -> Arc<dyn Backend> {
 fn sqlite_url() -> String {
     static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     format!(
-        "sqlite://{}/sql-conformance-{}-{}.db?max_connections=4",
+        "sqlite://{}/sql-conformance-{}-{}.db",
         env!("CARGO_TARGET_TMPDIR"),
         std::process::id(),
         SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -41,6 +39,13 @@ pub fn mysql_url() -> String {
 mod sqlite {
     use super::*;
     larder_testkit::conformance_suite!(|| async { connect(&sqlite_url()).await });
+}
+
+mod sqlite_inline {
+    use super::*;
+    larder_testkit::conformance_suite!(|| async {
+        connect(&format!("{}?io=inline", sqlite_url())).await
+    });
 }
 
 mod postgres {

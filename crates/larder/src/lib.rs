@@ -119,7 +119,7 @@ pub async fn open(url: &str) -> Result<Cache> {
         "file" => std::sync::Arc::new(larder_file::FileBackend::from_url(&mut parsed)?),
         #[cfg(feature = "sql")]
         "sqlite" | "postgres" | "postgresql" | "mysql" | "mariadb" => {
-            std::sync::Arc::new(larder_sql::SqlBackend::from_url(&mut parsed).await?)
+            larder_sql::open(&mut parsed).await?
         }
         #[cfg(feature = "memcached")]
         "memcached" => std::sync::Arc::new(larder_memcached::MemcachedBackend::from_url(&mut parsed)?),
