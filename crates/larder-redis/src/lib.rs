@@ -10,9 +10,12 @@
 //! | `redis://[user:pass@]host:port[/db]` | one server |
 //! | `redis+cluster://[user:pass@]h1:p1,h2:p2` | a Redis Cluster, from any of its nodes |
 //!
+//! | `rediss://…`, `rediss+cluster://…` | the same over TLS (cargo feature `tls`) |
+//!
 //! Options (query parameters): `deadline_ms` (default 1000), the longest any
 //! single operation may take before it fails with `Error::Timeout`; clearing
-//! gets 30 times that, since it scans.
+//! gets 30 times that, since it scans. With TLS, `tls_ca=/path/ca.pem`
+//! trusts that CA instead of the system's certificate store.
 //!
 //! How operations map to Redis, and why:
 //!
@@ -88,6 +91,9 @@ pub struct RedisBackend {
 #[derive(Clone, Default)]
 struct Credentials {
     userinfo: String,
+    /// `redis` or `rediss`, for connections to single cluster nodes.
+    scheme: &'static str,
+    tls_ca: Option<Vec<u8>>,
 }
 
 impl std::fmt::Debug for RedisBackend {
@@ -146,7 +152,27 @@ impl RedisBackend {
                 url.as_str()
             )));
         }
-        let credentials = Credentials { userinfo };
+        let mut credentials = Credentials {
+            userinfo,
+            ..Credentials::default()
+        };
+        let tls = url.scheme().starts_with("rediss");
+        let tls_ca = match url.take("tls_ca") {
+            Some(path) => Some(std::fs::read(&path).map_err(|e| {
+                Error::config(format!("cannot read the TLS CA file {path:?}: {e}"))
+            })?),
+            None => None,
+        };
+        if tls_ca.is_some() && !tls {
+            return Err(Error::config(
+                "tls_ca is only meaningful with rediss:// or rediss+cluster://",
+            ));
+        }
+        if tls {
+            tls_support::check()?;
+        }
+        credentials.scheme = if tls { "rediss" } else { "redis" };
+        credentials.tls_ca = tls_ca.clone();
         match url.scheme() {
             "redis" | "rediss" => {
                 if hosts.contains(',') {
@@ -162,7 +188,7 @@ impl RedisBackend {
                     hosts,
                     url.path()
                 );
-                let client = redis::Client::open(target.as_str()).map_err(|e| {
+                let client = tls_support::client(&target, tls_ca).map_err(|e| {
                     Error::config(format!("invalid Redis URL {:?}: {e}", url.as_str()))
                 })?;
                 let conn = with_deadline(deadline, client.get_connection_manager()).await?;
@@ -183,7 +209,7 @@ impl RedisBackend {
                     .split(',')
                     .map(|h| format!("{scheme}://{}{}", credentials.userinfo, h.trim()))
                     .collect();
-                let client = redis::cluster::ClusterClient::new(nodes).map_err(|e| {
+                let client = tls_support::cluster_client(nodes, tls_ca).map_err(|e| {
                     Error::config(format!("invalid Redis Cluster URL {:?}: {e}", url.as_str()))
                 })?;
                 let conn = with_deadline(deadline, client.get_async_connection()).await?;
@@ -246,14 +272,79 @@ impl RedisBackend {
                         continue;
                     }
                     let addr = fields[1].split('@').next().unwrap_or_default();
-                    let client =
-                        redis::Client::open(format!("redis://{}{addr}", self.credentials.userinfo))
-                            .map_err(redis_err)?;
+                    let client = tls_support::client(
+                        &format!(
+                            "{}://{}{addr}",
+                            self.credentials.scheme, self.credentials.userinfo
+                        ),
+                        self.credentials.tls_ca.clone(),
+                    )
+                    .map_err(redis_err)?;
                     out.push(with_deadline(self.deadline, client.get_connection_manager()).await?);
                 }
                 Ok(out)
             }
         }
+    }
+}
+
+/// Building clients with or without TLS support compiled in.
+#[cfg(feature = "tls")]
+mod tls_support {
+    use super::*;
+
+    pub fn check() -> Result<()> {
+        // redis-rs brings rustls without a crypto provider; install ring once
+        // (an error only means another part of the program installed one).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        Ok(())
+    }
+
+    fn certs(ca: Option<Vec<u8>>) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: ca,
+        }
+    }
+
+    pub fn client(url: &str, ca: Option<Vec<u8>>) -> redis::RedisResult<redis::Client> {
+        match ca {
+            Some(_) => redis::Client::build_with_tls(url, certs(ca)),
+            None => redis::Client::open(url),
+        }
+    }
+
+    pub fn cluster_client(
+        nodes: Vec<String>,
+        ca: Option<Vec<u8>>,
+    ) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        let mut b = redis::cluster::ClusterClientBuilder::new(nodes);
+        if ca.is_some() {
+            b = b.certs(certs(ca));
+        }
+        b.build()
+    }
+}
+
+#[cfg(not(feature = "tls"))]
+mod tls_support {
+    use super::*;
+
+    pub fn check() -> Result<()> {
+        Err(Error::config(
+            "rediss:// needs TLS support: enable the `tls` feature of larder-redis (larder feature `redis-tls`)",
+        ))
+    }
+
+    pub fn client(url: &str, _ca: Option<Vec<u8>>) -> redis::RedisResult<redis::Client> {
+        redis::Client::open(url)
+    }
+
+    pub fn cluster_client(
+        nodes: Vec<String>,
+        _ca: Option<Vec<u8>>,
+    ) -> redis::RedisResult<redis::cluster::ClusterClient> {
+        redis::cluster::ClusterClient::new(nodes)
     }
 }
 

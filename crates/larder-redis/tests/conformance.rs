@@ -35,3 +35,41 @@ mod cluster {
     use super::*;
     larder_testkit::conformance_suite!(|| async { connect(&cluster_url()).await });
 }
+
+/// Redis over TLS on 27100, trusting the throwaway CA of `scripts/services`.
+#[cfg(feature = "tls")]
+pub fn tls_url() -> String {
+    std::env::var("LARDER_TEST_REDIS_TLS").unwrap_or_else(|_| {
+        let run =
+            std::env::var("LARDER_SERVICES_DIR").unwrap_or_else(|_| "/tmp/larder-services".into());
+        // Handshakes in an unoptimized build, 16 processes at once, need more
+        // than the default 1 s deadline.
+        format!("rediss://127.0.0.1:27100/0?deadline_ms=10000&tls_ca={run}/tls/ca.crt")
+    })
+}
+
+#[cfg(feature = "tls")]
+mod tls {
+    use super::*;
+    larder_testkit::conformance_suite!(|| async { connect(&tls_url()).await });
+}
+
+/// Without the CA, the server's self-signed certificate is refused: TLS
+/// really verifies.
+#[cfg(feature = "tls")]
+#[tokio::test]
+async fn tls_refuses_an_untrusted_certificate() {
+    let mut u = CacheUrl::parse("rediss://127.0.0.1:27100/0?deadline_ms=2000").unwrap();
+    let r = RedisBackend::from_url(&mut u).await;
+    assert!(r.is_err(), "connected to a server whose CA is not trusted");
+}
+
+#[tokio::test]
+async fn tls_options_are_checked() {
+    let mut u = CacheUrl::parse("redis://127.0.0.1:6379?tls_ca=/nonexistent.pem").unwrap();
+    let e = RedisBackend::from_url(&mut u)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tls_ca") || e.contains("TLS CA"), "{e}");
+}

@@ -88,7 +88,7 @@ pub fn supported_schemes() -> Vec<&'static str> {
         v.push("file");
     }
     if cfg!(feature = "redis") {
-        v.extend(["redis", "redis+cluster"]);
+        v.extend(["redis", "redis+cluster", "rediss", "rediss+cluster"]);
     }
     if cfg!(feature = "memcached") {
         v.push("memcached");
@@ -124,7 +124,7 @@ pub async fn open(url: &str) -> Result<Cache> {
         #[cfg(feature = "memcached")]
         "memcached" => std::sync::Arc::new(larder_memcached::MemcachedBackend::from_url(&mut parsed)?),
         #[cfg(feature = "redis")]
-        "redis" | "redis+cluster" => {
+        "redis" | "redis+cluster" | "rediss" | "rediss+cluster" => {
             std::sync::Arc::new(larder_redis::RedisBackend::from_url(&mut parsed).await?)
         }
         other => {
