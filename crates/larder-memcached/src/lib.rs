@@ -19,7 +19,8 @@
 //! - **Counters**: `ma` when the delta is positive (one round trip; a result
 //!   beyond `i64` is undone and reported as `Overflow`); otherwise, and for
 //!   negative stored values, which memcached's unsigned counters refuse, a
-//!   CAS loop (`mg` with `c`/`t`, then `ms` with `C`) that keeps the TTL.
+//!   CAS loop (`mg` with `c`/`t`, then `ms` with `C`) that keeps the TTL and
+//!   retries with jittered backoff until the deadline.
 //! - **Dead servers**: after `failure_limit` consecutive failures a server is
 //!   ejected from the ring (its keys go to the others) for `retry_delay`,
 //!   then tried again. While all servers are down, every call fails fast.
@@ -57,7 +58,6 @@ const NAME: &str = "memcached";
 const THIRTY_DAYS: u64 = 30 * 24 * 3600;
 /// Bytes memcached needs per item beyond key and value (header, CAS, suffix).
 const ITEM_OVERHEAD: usize = 64;
-const CAS_RETRIES: usize = 32;
 
 /// Settings of a [`MemcachedBackend`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -471,8 +471,22 @@ impl Inner {
         Ok(groups)
     }
 
+    /// Read, compute, compare-and-set, until it sticks or the deadline
+    /// passes. Concurrent `ma` increments change the CAS value on every call,
+    /// so losing a race is expected under load: back off with jitter rather
+    /// than give up after a fixed number of tries.
     async fn incr_cas(&self, i: usize, key: &str, delta: i64) -> Result<i64> {
-        for _ in 0..CAS_RETRIES {
+        let started = Instant::now();
+        let mut attempt: u32 = 0;
+        loop {
+            if attempt > 0 {
+                if started.elapsed() > self.config.deadline {
+                    break;
+                }
+                let cap_us = 50u64 << attempt.min(6);
+                tokio::time::sleep(Duration::from_micros(fastrand::u64(0..=cap_us))).await;
+            }
+            attempt += 1;
             let mut req = Requests::new();
             req.mg(key, &["v", "c", "t"]);
             let (data, flags) = match self.one(i, &req).await? {
@@ -511,10 +525,10 @@ impl Inner {
                 other => return Err(unexpected(&self.servers[i].addr, &other)),
             }
         }
-        Err(Error::backend(
-            NAME,
-            format!("incr of {key:?} lost {CAS_RETRIES} compare-and-set races in a row"),
-        ))
+        Err(Error::Timeout {
+            backend: NAME,
+            after: self.config.deadline,
+        })
     }
 }
 
@@ -769,7 +783,20 @@ impl Backend for MemcachedBackend {
                     inner.text(i, "flush_all", long).await?;
                 }
                 ClearScope::Prefix(prefix) => {
-                    let lines = inner.text(i, "lru_crawler metadump all", long).await?;
+                    // One crawler per server: a second dump gets "BUSY"
+                    // while another client's runs. Wait for it.
+                    let started = Instant::now();
+                    let lines = loop {
+                        match inner.text(i, "lru_crawler metadump all", long).await {
+                            Err(e)
+                                if e.to_string().contains("BUSY") && started.elapsed() < long =>
+                            {
+                                tokio::time::sleep(Duration::from_millis(fastrand::u64(5..50)))
+                                    .await;
+                            }
+                            other => break other?,
+                        }
+                    };
                     let keys: Vec<String> = lines
                         .iter()
                         .filter_map(|l| l.strip_prefix("key="))

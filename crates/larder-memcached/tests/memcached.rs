@@ -268,3 +268,51 @@ fn urls_are_checked() {
     let b = MemcachedBackend::from_url(&mut url).unwrap();
     assert_eq!(b.config().servers, vec!["cachehost:11211".to_string()]);
 }
+
+/// Many caches clearing their prefixes at once on one server: memcached runs
+/// one crawler at a time and answers "BUSY" to the others; every clear must
+/// still succeed and remove exactly its own keys.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_prefix_clears_all_succeed() {
+    // 20k items make each crawler pass long enough for the clears to overlap
+    // (checked by hand: overlapping dumps then answer BUSY).
+    let filler = Cache::builder(backend("memcached://127.0.0.1:21214"))
+        .key_prefix(format!("ccfill{}", std::process::id()))
+        .build()
+        .unwrap();
+    let items: Vec<(String, u32)> = (0..20_000).map(|i| (format!("f{i}"), i)).collect();
+    for chunk in items.chunks(2000) {
+        assert!(filler
+            .set_many::<u32, _, _>(chunk, Ttl::secs(60))
+            .await
+            .unwrap()
+            .is_empty());
+    }
+    let mut tasks = Vec::new();
+    for n in 0..12 {
+        tasks.push(tokio::spawn(async move {
+            let cache = Cache::builder(backend("memcached://127.0.0.1:21214"))
+                .key_prefix(format!("cc{}.{n}", std::process::id()))
+                .build()
+                .unwrap();
+            for i in 0..20 {
+                cache
+                    .set(&format!("k{i}"), &i, Ttl::secs(60))
+                    .await
+                    .unwrap();
+            }
+            cache.clear().await.unwrap();
+            for i in 0..20 {
+                assert!(!cache.has_key(&format!("k{i}")).await.unwrap());
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(
+        filler.has_key("f19999").await.unwrap(),
+        "a clear removed another prefix's keys"
+    );
+    filler.clear().await.unwrap();
+}

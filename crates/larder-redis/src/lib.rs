@@ -191,6 +191,10 @@ impl RedisBackend {
                 let client = tls_support::client(&target, tls_ca).map_err(|e| {
                     Error::config(format!("invalid Redis URL {:?}: {e}", url.as_str()))
                 })?;
+                // One plain connection first: the manager retries a failed
+                // handshake until the deadline, which would turn a wrong
+                // password into a timeout instead of the server's answer.
+                with_deadline(deadline, client.get_multiplexed_async_connection()).await?;
                 let conn = with_deadline(deadline, client.get_connection_manager()).await?;
                 Ok(Self::new(Conn::Single(conn), deadline, credentials))
             }

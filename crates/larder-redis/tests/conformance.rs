@@ -73,3 +73,33 @@ async fn tls_options_are_checked() {
         .to_string();
     assert!(e.contains("tls_ca") || e.contains("TLS CA"), "{e}");
 }
+
+/// Username and password from the URL reach the server (ACL user on 27101,
+/// started by `scripts/services`); a wrong password is a clear error.
+#[tokio::test]
+async fn credentials_in_the_url() {
+    let b = connect("redis://larder:larder-secret@127.0.0.1:27101/0").await;
+    let key = format!("acl:{}", std::process::id());
+    b.set(
+        &key,
+        "v".into(),
+        larder_core::Expiry::After(std::time::Duration::from_secs(10)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(b.get(&key).await.unwrap().as_deref(), Some(&b"v"[..]));
+    b.delete(&key).await.unwrap();
+    let mut u = CacheUrl::parse("redis://larder:wrong@127.0.0.1:27101/0").unwrap();
+    let e = RedisBackend::from_url(&mut u)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.to_lowercase().contains("authentication"), "{e}");
+    let mut u = CacheUrl::parse("redis://127.0.0.1:27101/0").unwrap();
+    let r = RedisBackend::from_url(&mut u).await;
+    if let Ok(b) = r {
+        // The default user is off: connecting may succeed lazily, but no
+        // command does.
+        assert!(b.get("k").await.is_err());
+    }
+}
