@@ -10,30 +10,18 @@ use crate::proto::{self, ProtoError, Response, MAX_LINE};
 
 /// What can go wrong on a connection. Any of these makes the connection
 /// unusable (its stream position is unknown) and counts as a server failure.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnError {
     /// Connecting, reading or writing failed, or the server closed.
-    Io(std::io::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
     /// The server sent something that is not the protocol.
+    #[error("{0}")]
     Proto(ProtoError),
     /// The deadline passed.
+    #[error("no answer within {0:?}")]
     Timeout(Duration),
-}
-
-impl std::fmt::Display for ConnError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConnError::Io(e) => write!(f, "{e}"),
-            ConnError::Proto(e) => write!(f, "{e}"),
-            ConnError::Timeout(d) => write!(f, "no answer within {d:?}"),
-        }
-    }
-}
-
-impl From<std::io::Error> for ConnError {
-    fn from(e: std::io::Error) -> Self {
-        ConnError::Io(e)
-    }
 }
 
 /// How many responses a request expects.
