@@ -61,6 +61,8 @@ pub struct Cache {
 }
 
 struct Inner {
+    /// Computations in progress in this process, by storage key.
+    flights: std::sync::Mutex<HashMap<String, Arc<Flight>>>,
     backend: Arc<dyn Backend>,
     keys: KeyPolicy,
     default_ttl: Expiry,
@@ -76,6 +78,63 @@ struct Counters {
     misses: Counter,
     corrupt: Counter,
     errors: Counter,
+    merged: Counter,
+}
+
+/// One computation shared by concurrent `get_or_compute` callers.
+struct Flight {
+    done: tokio::sync::watch::Sender<Option<Outcome>>,
+}
+
+#[derive(Clone)]
+enum Outcome {
+    /// The encoded value.
+    Value(Bytes),
+    /// The leader's loader failed.
+    Failed(String),
+    /// The leader was dropped before finishing: someone else must compute.
+    Abandoned,
+}
+
+/// Publishes the leader's outcome and retires the flight, also when the
+/// leader's future is dropped half way.
+struct FlightGuard<'a> {
+    cache: &'a Cache,
+    key: String,
+    flight: Arc<Flight>,
+    published: bool,
+}
+
+impl FlightGuard<'_> {
+    fn publish(&mut self, outcome: Outcome) {
+        self.retire();
+        let _ = self.flight.done.send(Some(outcome));
+        self.published = true;
+    }
+
+    fn retire(&self) {
+        let mut flights = self
+            .cache
+            .inner
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if flights
+            .get(&self.key)
+            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        if !self.published {
+            self.retire();
+            let _ = self.flight.done.send(Some(Outcome::Abandoned));
+        }
+    }
 }
 
 impl Counters {
@@ -85,7 +144,8 @@ impl Counters {
             hits: metrics::counter!("larder_cache_hits_total", "cache" => label.clone()),
             misses: metrics::counter!("larder_cache_misses_total", "cache" => label.clone()),
             corrupt: metrics::counter!("larder_cache_corrupt_entries_total", "cache" => label.clone()),
-            errors: metrics::counter!("larder_cache_backend_errors_total", "cache" => label),
+            errors: metrics::counter!("larder_cache_backend_errors_total", "cache" => label.clone()),
+            merged: metrics::counter!("larder_cache_single_flight_merged_total", "cache" => label),
         }
     }
 }
@@ -217,6 +277,7 @@ impl CacheBuilder {
             version: self.version,
             head: keys.head(self.version),
             inner: Arc::new(Inner {
+                flights: std::sync::Mutex::new(HashMap::new()),
                 backend: self.backend,
                 keys,
                 default_ttl,
@@ -671,9 +732,26 @@ impl Cache {
     /// Returns the cached value, or runs `loader`, stores its value and
     /// returns it (cache-aside in one call; Django's `get_or_set`).
     ///
+    /// **Single-flight**: concurrent callers of one key in this process
+    /// share one run of a loader (Django runs it once per caller). The
+    /// others wait for it and get its value; if it fails, they get
+    /// [`Error::Computation`] with its message and nothing is cached. If the
+    /// computing caller is dropped half way, a waiter takes over.
+    ///
     /// Keeps working when the cache does not: a backend failure on the read
     /// is treated as a miss and on the write is logged, so the loader's value
     /// always reaches the caller. Only the loader's own error is returned.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use larder_core::{Cache, DummyBackend, Error, Ttl};
+    /// let cache = Cache::new(DummyBackend);
+    /// let v: u32 = cache
+    ///     .get_or_compute("answer", Ttl::secs(60), || async { Ok::<_, Error>(42) })
+    ///     .await?;
+    /// assert_eq!(v, 42);
+    /// # Ok::<(), Error>(()) }).unwrap();
+    /// ```
     pub async fn get_or_compute<T, E, F, Fut>(
         &self,
         key: &str,
@@ -684,25 +762,127 @@ impl Cache {
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        E: From<Error>,
+        E: From<Error> + std::fmt::Display,
     {
         let ttl = ttl.into();
+        if let Some(v) = self.read_fail_open::<T>(key).await.map_err(E::from)? {
+            return Ok(v);
+        }
+        let skey = self.make_key(key).map_err(E::from)?;
+        let mut loader = Some(loader);
+        loop {
+            // Join the computation in flight, or lead a new one.
+            let joined = {
+                let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
+                match flights.get(&skey) {
+                    Some(f) => Err(f.done.subscribe()),
+                    None => {
+                        let (tx, _) = tokio::sync::watch::channel(None);
+                        let flight = Arc::new(Flight { done: tx });
+                        flights.insert(skey.clone(), flight.clone());
+                        Ok(flight)
+                    }
+                }
+            };
+            match joined {
+                Err(mut rx) => {
+                    self.inner.counters.merged.increment(1);
+                    let outcome = match rx.wait_for(Option::is_some).await {
+                        Ok(o) => o.clone(),
+                        Err(_) => Some(Outcome::Abandoned),
+                    };
+                    match outcome {
+                        Some(Outcome::Value(bytes)) => match envelope::decode::<T>(&bytes) {
+                            Ok((v, _)) => return Ok(v),
+                            Err(e) => {
+                                return Err(E::from(Error::Computation {
+                                    key: key.to_owned(),
+                                    message: format!("the shared value does not decode: {e}"),
+                                }))
+                            }
+                        },
+                        Some(Outcome::Failed(message)) => {
+                            return Err(E::from(Error::Computation {
+                                key: key.to_owned(),
+                                message,
+                            }))
+                        }
+                        // The leader went away: try again (maybe lead).
+                        Some(Outcome::Abandoned) | None => continue,
+                    }
+                }
+                Ok(flight) => {
+                    let mut guard = FlightGuard {
+                        cache: self,
+                        key: skey.clone(),
+                        flight,
+                        published: false,
+                    };
+                    // A flight that just ended may have stored the value
+                    // between our miss and our taking the lead.
+                    if let Some(v) = self.read_fail_open::<T>(key).await.map_err(E::from)? {
+                        if let Ok(bytes) = envelope::encode(&v, &self.inner.envelope, None) {
+                            guard.publish(Outcome::Value(bytes));
+                        }
+                        return Ok(v);
+                    }
+                    let Some(load) = loader.take() else {
+                        // Unreachable: only a leader runs the loader, once.
+                        return Err(E::from(Error::config("loader already used")));
+                    };
+                    let value = match load().await {
+                        Ok(v) => v,
+                        Err(e) => {
+                            guard.publish(Outcome::Failed(e.to_string()));
+                            return Err(e);
+                        }
+                    };
+                    match envelope::encode(&value, &self.inner.envelope, None) {
+                        Ok(bytes) => {
+                            self.store_fail_open(key, &skey, bytes.clone(), ttl)
+                                .await
+                                .map_err(E::from)?;
+                            guard.publish(Outcome::Value(bytes));
+                        }
+                        Err(e) => {
+                            guard.publish(Outcome::Failed(e.to_string()));
+                            return Err(E::from(e));
+                        }
+                    }
+                    return Ok(value);
+                }
+            }
+        }
+    }
+
+    /// A read that treats a failing backend as a miss (logged).
+    async fn read_fail_open<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
         match self.get::<T>(key).await {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
+            Ok(v) => Ok(v),
             Err(e) if e.is_backend_failure() => {
                 tracing::warn!(cache = %self.inner.name, key, error = %e, "cache read failed; computing the value");
+                Ok(None)
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e),
         }
-        let value = loader().await?;
-        if let Err(e) = self.set(key, &value, ttl).await {
-            if !e.is_backend_failure() {
-                return Err(e.into());
+    }
+
+    /// Stores an encoded value; a failing backend is logged, not an error.
+    async fn store_fail_open(&self, key: &str, skey: &str, bytes: Bytes, ttl: Ttl) -> Result<()> {
+        let result = match self.resolve(ttl) {
+            Resolved::ExpireNow => self.inner.backend.delete(skey).await.map(|_| ()),
+            Resolved::Store(exp) => {
+                self.check_size(&bytes)?;
+                self.inner.backend.set(skey, bytes, exp).await
             }
-            tracing::warn!(cache = %self.inner.name, key, error = %e, "cache write failed; value returned uncached");
+        };
+        match self.note(result) {
+            Err(e) if e.is_backend_failure() => {
+                tracing::warn!(cache = %self.inner.name, key, error = %e, "cache write failed; value returned uncached");
+                Ok(())
+            }
+            other => other,
         }
-        Ok(value)
     }
 
     /// Closes the backend.

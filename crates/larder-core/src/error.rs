@@ -71,6 +71,15 @@ pub enum Error {
         /// The deadline that passed.
         after: Duration,
     },
+    /// Another caller computed this key for us (single-flight) and its
+    /// loader failed; the message is that loader's error.
+    #[error("the shared computation of {key:?} failed: {message}")]
+    Computation {
+        /// The key as the caller gave it.
+        key: String,
+        /// The leader's loader error, as text.
+        message: String,
+    },
     /// The backend failed (I/O, connection, protocol).
     #[error("the {backend} backend failed: {source}")]
     Backend {

@@ -1171,6 +1171,29 @@ pub async fn get_or_compute_error_not_cached(ctx: &Ctx) {
     assert!(!c.has_key("k").await.unwrap());
 }
 
+/// Concurrent callers of one cold key share one loader run (single-flight).
+pub async fn get_or_compute_single_flight(ctx: &Ctx) {
+    let c = ctx.cache();
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (c, calls) = (c.clone(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            c.get_or_compute("herd", LONG, || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                Ok::<_, Error>(post())
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), post());
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "callers recomputed");
+}
+
 /// Lists every case, for the suite macro; a unit test checks it is complete.
 #[doc(hidden)]
 #[macro_export]
@@ -1207,6 +1230,7 @@ macro_rules! __for_each_storing_case {
             corrupt_entry_overwritten,
             concurrent_distinct_keys, concurrent_readers_see_whole_values,
             get_or_compute_miss, get_or_compute_hit, get_or_compute_error_not_cached,
+            get_or_compute_single_flight,
         );
     };
 }
