@@ -28,11 +28,8 @@
 //! - `incr` is one atomic statement on PostgreSQL (`UPDATE … RETURNING`,
 //!   the value checked by a regex and added as `bigint`, which raises on
 //!   overflow) and on MySQL/MariaDB (an `UPDATE` that assigns a session
-//!   variable, read back on the same connection). On SQLite, which runs one
-//!   writer at a time, it is a `BEGIN IMMEDIATE` transaction (read, compute,
-//!   write): the write lock is taken first, so concurrent increments queue
-//!   rather than deadlock. In all three: exact signed 64-bit semantics and
-//!   the expiry untouched.
+//!   variable, read back on the same connection); see [`SqliteBackend`] for
+//!   SQLite. Exact signed 64-bit semantics and the expiry untouched.
 //! - Keys are `VARBINARY(250)` on MySQL/MariaDB so they compare byte for
 //!   byte; the default collations there would make `"a"` and `"A"` one key.
 #![warn(missing_docs)]
@@ -141,7 +138,6 @@ struct Sql {
     delete_expired_one: String,
     insert_absent: String,
     delete_returning: String,
-    set_value: String,
     read_for_cas: String,
     touch: String,
     cull: String,
@@ -181,7 +177,6 @@ impl Sql {
             },
             delete_returning: format!("DELETE FROM {t} WHERE cache_key = {} RETURNING expires_ms", p(1)),
             read_for_cas: format!("SELECT value FROM {t} WHERE cache_key = {} AND {}", p(1), live(2)),
-            set_value: format!("UPDATE {t} SET value = {} WHERE cache_key = {}", p(1), p(2)),
             touch: format!(
                 "UPDATE {t} SET expires_ms = {} WHERE cache_key = {} AND {}",
                 p(1),
@@ -280,20 +275,18 @@ impl SqlBackend {
                 "{scheme:?} is not a SQL cache URL scheme; use sqlite://, postgres:// or mysql://"
             ))
         })?;
+        if dialect == Dialect::Sqlite {
+            return Err(Error::config(
+                "SqlBackend serves PostgreSQL and MySQL/MariaDB; SQLite is served in process by SqliteBackend (larder_sql::open picks it for sqlite:// URLs)",
+            ));
+        }
         if !valid_table(&config.table) {
             return Err(Error::config(format!(
                 "cache table name {:?} must be letters, digits and '_' (and not start with a digit)",
                 config.table
             )));
         }
-        let mut url = database_url.to_owned();
-        if dialect == Dialect::Sqlite && !url.contains("mode=") {
-            url.push_str(if url.contains('?') {
-                "&mode=rwc"
-            } else {
-                "?mode=rwc"
-            });
-        }
+        let url = database_url.to_owned();
         let pool = tokio::time::timeout(
             config.deadline.max(Duration::from_secs(5)),
             AnyPoolOptions::new()
@@ -516,53 +509,6 @@ impl SqlBackend {
         }
     }
 
-    /// SQLite: a `BEGIN IMMEDIATE` transaction takes the database's write
-    /// lock before reading, so concurrent increments queue on SQLite's busy
-    /// timeout instead of failing or retrying (a deferred transaction would
-    /// deadlock when two readers upgrade, and compare-and-swap starved under
-    /// 16 concurrent writers).
-    async fn incr_sqlite(&self, key: &str, delta: i64) -> Result<i64> {
-        let work = async {
-            let mut tx = self.inner.pool.begin_with("BEGIN IMMEDIATE").await?;
-            let row = sqlx::query(&self.inner.sql.read_for_cas)
-                .bind(key)
-                .bind(now_ms())
-                .fetch_optional(&mut *tx)
-                .await?;
-            let Some(row) = row else {
-                return Ok(Err(Error::NotFound {
-                    key: key.to_owned(),
-                }));
-            };
-            let old: Vec<u8> = row.try_get(0)?;
-            let Some(n) = parse_integer(&old) else {
-                return Ok(Err(Error::NotANumber {
-                    key: key.to_owned(),
-                }));
-            };
-            let Some(m) = n.checked_add(delta) else {
-                return Ok(Err(Error::Overflow {
-                    key: key.to_owned(),
-                }));
-            };
-            sqlx::query(&self.inner.sql.set_value)
-                .bind(m.to_string().into_bytes())
-                .bind(key)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(Ok(m))
-        };
-        // Waiting for the write lock may take longer than one statement.
-        match tokio::time::timeout(self.inner.config.deadline * 5, work).await {
-            Ok(r) => r.map_err(db_err)?,
-            Err(_) => Err(Error::Timeout {
-                backend: NAME,
-                after: self.inner.config.deadline * 5,
-            }),
-        }
-    }
-
     fn bytes(row: &AnyRow) -> Result<Bytes> {
         let v: Vec<u8> = row.try_get(0).map_err(db_err)?;
         Ok(Bytes::from(v))
@@ -772,10 +718,11 @@ impl Backend for SqlBackend {
     }
 
     async fn incr(&self, key: &str, delta: i64) -> Result<i64> {
-        match self.inner.dialect {
-            Dialect::Postgres => self.incr_postgres(key, delta).await,
-            Dialect::MySql => self.incr_mysql(key, delta).await,
-            Dialect::Sqlite => self.incr_sqlite(key, delta).await,
+        // SQLite never reaches this type (see `connect`).
+        if self.inner.dialect == Dialect::Postgres {
+            self.incr_postgres(key, delta).await
+        } else {
+            self.incr_mysql(key, delta).await
         }
     }
 

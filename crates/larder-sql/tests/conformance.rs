@@ -57,3 +57,17 @@ mod mysql {
     use super::*;
     larder_testkit::conformance_suite!(|| async { connect(&mysql_url()).await });
 }
+
+/// SQLite URLs go to the in-process backend; asking the sqlx one for them is
+/// a clear configuration error, not a second, untested SQLite path.
+#[tokio::test]
+async fn sqlx_backend_refuses_sqlite_and_open_routes_it() {
+    let dir = env!("CARGO_TARGET_TMPDIR");
+    let e = larder_sql::SqlBackend::connect(&format!("sqlite://{dir}/x.db"), Default::default())
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("SqliteBackend"), "{e}");
+    let mut u = CacheUrl::parse(&format!("sqlite://{dir}/routed.db")).unwrap();
+    assert_eq!(larder_sql::open(&mut u).await.unwrap().name(), "sqlite");
+}
