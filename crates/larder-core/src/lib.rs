@@ -22,6 +22,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+mod blocking;
 mod cache;
 mod dummy;
 pub mod envelope;
@@ -32,6 +33,7 @@ pub mod url;
 
 pub use async_trait::async_trait;
 pub use backend::{Backend, Capabilities, ClearScope};
+pub use blocking::BlockingIo;
 pub use bytes::Bytes;
 pub use cache::{Cache, CacheBuilder, UrlOptions, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL};
 pub use dummy::DummyBackend;

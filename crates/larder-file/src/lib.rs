@@ -32,7 +32,7 @@
 //!   oldest-written `1/cull_frequency` of them.
 //!
 //! Blocking file I/O runs on tokio's blocking pool, or inline with
-//! [`FileIo::Inline`] (`?io=inline`), which is about twice as fast for
+//! [`BlockingIo::Inline`] (`?io=inline`), which is about twice as fast for
 //! files in the page cache.
 //!
 //! ```
@@ -57,7 +57,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use larder_core::envelope::parse_integer;
 use larder_core::{
-    async_trait, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry, Result,
+    async_trait, Backend, BlockingIo, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry,
+    Result,
 };
 
 const MAGIC: &[u8; 4] = b"LDF2";
@@ -78,23 +79,8 @@ pub struct FileConfig {
     /// A cull removes `1/cull_frequency` of the entries (default 3, Django's
     /// `CULL_FREQUENCY`); 0 removes everything.
     pub cull_frequency: u64,
-    /// Where file I/O runs (default [`FileIo::BlockingPool`]).
-    pub io: FileIo,
-}
-
-/// Where a [`FileBackend`] does its blocking file I/O.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum FileIo {
-    /// On tokio's blocking pool (`spawn_blocking`): never stalls the async
-    /// worker, at the price of a thread hand-off (~10 µs) per operation.
-    #[default]
-    BlockingPool,
-    /// On the calling task. An operation on a file in the page cache takes
-    /// ~5-10 µs, within tokio's guidance for work between awaits, and skips
-    /// the hand-off; but a slow disk stalls the worker thread while it waits.
-    /// Choose it for local SSDs or tmpfs.
-    Inline,
+    /// Where file I/O runs (default [`BlockingIo::BlockingPool`]).
+    pub io: BlockingIo,
 }
 
 impl Default for FileConfig {
@@ -102,7 +88,7 @@ impl Default for FileConfig {
         FileConfig {
             max_entries: 10_000,
             cull_frequency: 3,
-            io: FileIo::BlockingPool,
+            io: BlockingIo::BlockingPool,
         }
     }
 }
@@ -119,7 +105,7 @@ impl FileConfig {
         self
     }
     /// Sets [`io`](Self::io).
-    pub fn io(mut self, io: FileIo) -> Self {
+    pub fn io(mut self, io: BlockingIo) -> Self {
         self.io = io;
         self
     }
@@ -245,15 +231,7 @@ impl FileBackend {
             config.cull_frequency = n;
         }
         if let Some(io) = url.take("io") {
-            config.io = match io.as_str() {
-                "pool" => FileIo::BlockingPool,
-                "inline" => FileIo::Inline,
-                other => {
-                    return Err(Error::config(format!(
-                        "option io={other:?} of file:// is not \"pool\" or \"inline\""
-                    )))
-                }
-            };
+            config.io = BlockingIo::parse("file", &io)?;
         }
         let path = url.path().to_owned();
         Self::open(path, config)
@@ -273,13 +251,7 @@ impl FileBackend {
         &self,
         f: impl FnOnce(&Inner) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        if self.inner.config.io == FileIo::Inline {
-            return f(&self.inner);
-        }
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || f(&inner))
-            .await
-            .map_err(|e| Error::backend(NAME, e))?
+        self.inner.config.io.run(NAME, &self.inner, f).await
     }
 }
 

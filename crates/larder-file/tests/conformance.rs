@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use larder_core::Backend;
-use larder_file::{FileBackend, FileConfig, FileIo};
+use larder_core::BlockingIo as FileIo;
+use larder_file::{FileBackend, FileConfig};
 
 /// A fresh cache directory per case, under cargo's per-target scratch
 /// directory so nothing is left in the system's temp dir.

@@ -35,7 +35,7 @@
 #![warn(missing_docs)]
 
 pub mod sqlite;
-pub use sqlite::{SqliteBackend, SqliteConfig, SqliteIo};
+pub use sqlite::{SqliteBackend, SqliteConfig};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};

@@ -15,26 +15,14 @@ use std::time::Duration;
 
 use larder_core::envelope::parse_integer;
 use larder_core::{
-    async_trait, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry, Result,
+    async_trait, Backend, BlockingIo, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry,
+    Result,
 };
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
 use crate::{create_table_sql, expires, like_prefix, now_ms, valid_table, Dialect};
 
 const NAME: &str = "sqlite";
-
-/// Where a [`SqliteBackend`] runs SQLite's blocking calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum SqliteIo {
-    /// On tokio's blocking pool: never stalls the async worker, at the cost
-    /// of a thread hand-off per operation.
-    #[default]
-    BlockingPool,
-    /// On the calling task: a cached read takes a few microseconds, but a
-    /// WAL checkpoint or a slow disk stalls the worker while it lasts.
-    Inline,
-}
 
 /// Settings of a [`SqliteBackend`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,7 +35,7 @@ pub struct SqliteConfig {
     /// Delete expired rows every this many writes (0: never).
     pub cull_every: u64,
     /// Where the blocking calls run.
-    pub io: SqliteIo,
+    pub io: BlockingIo,
     /// How long a writer waits for another process's write lock.
     pub busy_timeout: Duration,
 }
@@ -58,7 +46,7 @@ impl Default for SqliteConfig {
             table: "larder_cache".into(),
             create_table: true,
             cull_every: 1000,
-            io: SqliteIo::BlockingPool,
+            io: BlockingIo::BlockingPool,
             busy_timeout: Duration::from_secs(5),
         }
     }
@@ -191,15 +179,7 @@ impl SqliteBackend {
             config.busy_timeout = Duration::from_millis(ms);
         }
         if let Some(io) = url.take("io") {
-            config.io = match io.as_str() {
-                "pool" => SqliteIo::BlockingPool,
-                "inline" => SqliteIo::Inline,
-                other => {
-                    return Err(Error::config(format!(
-                        "option io={other:?} of sqlite:// is not \"pool\" or \"inline\""
-                    )))
-                }
-            };
+            config.io = BlockingIo::parse("sqlite", &io)?;
         }
         Self::open(path, config)
     }
@@ -225,13 +205,11 @@ impl SqliteBackend {
         &self,
         f: impl FnOnce(&Inner, &Connection) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        if self.inner.config.io == SqliteIo::Inline {
-            return self.inner.with_conn(f);
-        }
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.with_conn(f))
+        self.inner
+            .config
+            .io
+            .run(NAME, &self.inner, move |inner| inner.with_conn(f))
             .await
-            .map_err(|e| Error::backend(NAME, e))?
     }
 }
 
