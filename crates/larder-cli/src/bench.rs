@@ -213,7 +213,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     if args.file_dir.is_none() {
         let _ = std::fs::remove_dir_all(&temp_dir);
     }
-    print_table(&targets, &results, &ops);
+    print_table(&targets, &results, &ops, args.concurrency);
     let doc = serde_json::json!({
         "benchmark": args.name,
         "date_utc": utc(started),
@@ -440,41 +440,58 @@ async fn one(cache: &Cache, op: Op, i: usize, f: &Fixture<'_>) -> Result<(), Err
     Ok(())
 }
 
-fn print_table(targets: &[Target], results: &BTreeMap<String, serde_json::Value>, ops: &[&str]) {
+fn print_table(
+    targets: &[Target],
+    results: &BTreeMap<String, serde_json::Value>,
+    ops: &[&str],
+    concurrency: usize,
+) {
     let header = format!(
         "{:<11}{}",
         "backend",
         ops.iter().map(|o| format!("{o:>13}")).collect::<String>()
     );
-    println!("ops/second, median of repeats (single thread; get_many10 = calls/s, 10 keys each)");
-    println!("{header}");
-    println!("{}", "-".repeat(header.len()));
-    for t in targets {
-        let r = &results[&t.name];
-        if let Some(e) = r.get("error") {
-            println!("{:<11} ERROR {e}", t.name);
-            continue;
+    let in_flight = if concurrency == 1 {
+        "one request in flight".to_owned()
+    } else {
+        format!("{concurrency} requests in flight on one thread")
+    };
+    let tables = [
+        (
+            "ops_per_sec",
+            format!(
+                "ops/second, median of repeats ({in_flight}; get_many10 = calls/s, 10 keys each)"
+            ),
+            0,
+        ),
+        (
+            "ns_per_op",
+            "nanoseconds per op (from the median)".to_owned(),
+            1,
+        ),
+    ];
+    for (n, (field, title, decimals)) in tables.iter().enumerate() {
+        if n > 0 {
+            println!();
         }
-        let row: String = ops
-            .iter()
-            .map(|o| format!("{:>13.0}", r[*o]["ops_per_sec"].as_f64().unwrap_or(0.0)))
-            .collect();
-        println!("{:<11}{row}", t.name);
-    }
-    println!();
-    println!("nanoseconds per op (from the median)");
-    println!("{header}");
-    println!("{}", "-".repeat(header.len()));
-    for t in targets {
-        let r = &results[&t.name];
-        if r.get("error").is_some() {
-            continue;
+        println!("{title}");
+        println!("{header}");
+        println!("{}", "-".repeat(header.len()));
+        for t in targets {
+            let r = &results[&t.name];
+            if let Some(e) = r.get("error") {
+                // Errors are listed once, in the first table.
+                if n == 0 {
+                    println!("{:<11} ERROR {e}", t.name);
+                }
+                continue;
+            }
+            let row: String = ops
+                .iter()
+                .map(|o| format!("{:>13.*}", decimals, r[*o][field].as_f64().unwrap_or(0.0)))
+                .collect();
+            println!("{:<11}{row}", t.name);
         }
-        let row: String = ops
-            .iter()
-            .map(|o| format!("{:>13.1}", r[*o]["ns_per_op"].as_f64().unwrap_or(0.0)))
-            .collect();
-        println!("{:<11}{row}", t.name);
     }
 }
 
