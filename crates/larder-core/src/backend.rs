@@ -71,10 +71,12 @@
 //! # Ok::<(), Error>(()) }).unwrap();
 //! ```
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ttl::Expiry;
 
 /// Optional abilities of a backend, which later layers (stampede control,
@@ -86,8 +88,9 @@ pub struct Capabilities {
     /// Without it, [`Cache::clear`](crate::Cache::clear) refuses to clear a
     /// prefixed cache rather than wipe other caches' data.
     pub prefix_clear: bool,
-    /// The backend can grant leases (one computation per key across
-    /// processes).
+    /// The backend grants leases ([`Backend::lease_acquire`]): one
+    /// computation per key across processes, and fills that lose to an
+    /// invalidation are dropped.
     pub leases: bool,
     /// The backend supports compare-and-set.
     pub compare_and_set: bool,
@@ -140,6 +143,79 @@ impl Capabilities {
         self.shared = on;
         self
     }
+}
+
+/// Proof that a caller holds the computation lease on a key, handed back to
+/// [`Backend::lease_fill`] or [`Backend::lease_release`].
+///
+/// `id` is random and unique per grant; `cas` is the backend's own
+/// compare-and-set token where it has one (memcached); `seen` is the entry
+/// the caller saw when it asked for the lease (`None`: absent). A fill stores
+/// only if the lease is still held *and* the entry is still what was seen, so
+/// a `set` or `delete` that raced with the computation wins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseToken {
+    id: u64,
+    cas: u64,
+    seen: Option<Bytes>,
+}
+
+impl LeaseToken {
+    /// A token with a fresh random id.
+    pub fn new(seen: Option<Bytes>) -> Self {
+        LeaseToken {
+            id: fastrand::u64(1..),
+            cas: 0,
+            seen,
+        }
+    }
+    /// Attaches the backend's compare-and-set token.
+    pub fn with_cas(mut self, cas: u64) -> Self {
+        self.cas = cas;
+        self
+    }
+    /// The random id of this grant.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// The id as 16 hex digits, the form stored in lease entries.
+    pub fn id_hex(&self) -> String {
+        format!("{:016x}", self.id)
+    }
+    /// The backend's compare-and-set token (0 when it has none).
+    pub fn cas(&self) -> u64 {
+        self.cas
+    }
+    /// The entry seen when the lease was asked for.
+    pub fn seen(&self) -> Option<&Bytes> {
+        self.seen.as_ref()
+    }
+    /// Whether `current` (the live entry now, `None` when absent) is the entry
+    /// that was seen: if not, someone wrote or deleted it since.
+    pub fn still_seen(&self, current: Option<&[u8]>) -> bool {
+        self.seen.as_deref() == current
+    }
+}
+
+/// The answer to [`Backend::lease_acquire`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseGrant {
+    /// This caller holds the lease until it fills, releases, or the lease
+    /// time passes.
+    Won(LeaseToken),
+    /// Another caller holds a live lease.
+    Held,
+}
+
+/// The storage key of the lease on `key` for backends that keep leases as
+/// entries of their own: `"<key> lease"`. Validated keys never contain a
+/// space, so it cannot collide with a user's key, and it starts with `key`,
+/// so clearing a prefix clears its leases too.
+pub fn lease_key(key: &str) -> String {
+    let mut k = String::with_capacity(key.len() + 6);
+    k.push_str(key);
+    k.push_str(" lease");
+    k
 }
 
 /// Which keys [`Backend::clear`] removes.
@@ -239,6 +315,56 @@ pub trait Backend: Send + Sync + 'static {
     /// Whether a live entry exists.
     async fn has_key(&self, key: &str) -> Result<bool> {
         Ok(self.get(key).await?.is_some())
+    }
+
+    /// Asks for the computation lease on `key` for `ttl`: at most one caller
+    /// across all processes holds a live lease on a key. `seen` is the entry
+    /// the caller read just before (`None`: absent); it goes into the token.
+    ///
+    /// Backends with [`Capabilities::leases`] implement the three lease
+    /// methods and make every `delete` (and `clear`) of a key break its lease,
+    /// so a computation that started before an invalidation cannot store its
+    /// result after it. The default refuses with [`Error::Unsupported`].
+    async fn lease_acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+        seen: Option<Bytes>,
+    ) -> Result<LeaseGrant> {
+        let _ = (key, ttl, seen);
+        Err(Error::Unsupported {
+            backend: self.name(),
+            operation: "leases",
+        })
+    }
+
+    /// Stores `value` if `lease` is still held and the entry is still the one
+    /// it saw, and releases the lease; returns whether it stored. `false`
+    /// means an invalidation, a write or a newer lease won: the value is
+    /// stale and must not be stored.
+    async fn lease_fill(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Expiry,
+        lease: &LeaseToken,
+    ) -> Result<bool> {
+        let _ = (key, value, ttl, lease);
+        Err(Error::Unsupported {
+            backend: self.name(),
+            operation: "leases",
+        })
+    }
+
+    /// Gives a lease up without storing (the computation failed), so the
+    /// next caller may compute at once. Releasing a lease that is no longer
+    /// held does nothing.
+    async fn lease_release(&self, key: &str, lease: &LeaseToken) -> Result<()> {
+        let _ = (key, lease);
+        Err(Error::Unsupported {
+            backend: self.name(),
+            operation: "leases",
+        })
     }
 
     /// Releases connections and files. The backend may not be used afterwards.

@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::{Backend, Capabilities, ClearScope};
+use crate::breaker::{Admit, Breaker, BreakerConfig, BreakerState};
 use crate::envelope::{self, Codec, EnvelopeConfig};
 use crate::error::{Error, Result};
 use crate::key::{KeyFn, KeyPolicy};
@@ -20,6 +21,15 @@ use crate::url::CacheUrl;
 
 /// Django's default timeout: 300 seconds.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// Default deadline of one backend call to a network cache (Redis,
+/// memcached): 100 ms. Persistent stores (file, SQL), whose calls queue for
+/// the disk, a blocking thread or a row lock, get
+/// [`DEFAULT_STORE_DEADLINE`]; in-process backends (memory, dummy) none.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
+/// Default deadline of one call to a persistent store (file, SQL): 1 s.
+pub const DEFAULT_STORE_DEADLINE: Duration = Duration::from_secs(1);
+/// Number of invalidation generations kept per cache (see `Inner::gens`).
+const GENERATIONS: usize = 1024;
 /// Default limit on one encoded value: 128 MiB. A guard against accidents;
 /// raise it with [`CacheBuilder::max_value_bytes`].
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 128 << 20;
@@ -54,40 +64,58 @@ pub const DEFAULT_MAX_VALUE_BYTES: usize = 128 << 20;
 /// ```
 #[derive(Clone)]
 pub struct Cache {
-    inner: Arc<Inner>,
-    version: u64,
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) version: u64,
     /// `"prefix:version:"`, precomputed so building a key is one copy.
-    head: Option<Arc<str>>,
+    pub(crate) head: Option<Arc<str>>,
 }
 
-struct Inner {
+pub(crate) struct Inner {
     /// Computations in progress in this process, by storage key.
-    flights: std::sync::Mutex<HashMap<String, Arc<Flight>>>,
-    backend: Arc<dyn Backend>,
-    keys: KeyPolicy,
-    default_ttl: Expiry,
-    envelope: EnvelopeConfig,
-    max_value_bytes: usize,
-    name: Arc<str>,
-    default_version: u64,
-    counters: Counters,
+    pub(crate) flights: std::sync::Mutex<HashMap<String, Arc<Flight>>>,
+    /// Write generations, by hash of the storage key: every write through
+    /// this cache bumps its key's slot, and a computation stores its result
+    /// only if the slot did not move while it ran. This keeps an invalidation
+    /// racing with a computation from being overwritten by the stale result
+    /// on backends without leases (within this process; leases cover the
+    /// rest). A shared slot only ever makes a store more cautious.
+    pub(crate) gens: Box<[std::sync::atomic::AtomicU64]>,
+    pub(crate) breaker: Breaker,
+    pub(crate) deadline: Option<Duration>,
+    pub(crate) fail_open: bool,
+    pub(crate) backend: Arc<dyn Backend>,
+    pub(crate) keys: KeyPolicy,
+    pub(crate) default_ttl: Expiry,
+    pub(crate) envelope: EnvelopeConfig,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) name: Arc<str>,
+    pub(crate) default_version: u64,
+    pub(crate) counters: Counters,
 }
 
-struct Counters {
-    hits: Counter,
-    misses: Counter,
+pub(crate) struct Counters {
+    pub(crate) hits: Counter,
+    pub(crate) misses: Counter,
     corrupt: Counter,
     errors: Counter,
-    merged: Counter,
+    timeouts: Counter,
+    pub(crate) fail_open: Counter,
+    pub(crate) merged: Counter,
+    pub(crate) stale_swr: Counter,
+    pub(crate) stale_lease: Counter,
+    pub(crate) stale_error: Counter,
+    pub(crate) early_refresh: Counter,
+    pub(crate) stale_sets_prevented: Counter,
+    pub(crate) lease_waits: Counter,
 }
 
 /// One computation shared by concurrent `get_or_compute` callers.
-struct Flight {
-    done: tokio::sync::watch::Sender<Option<Outcome>>,
+pub(crate) struct Flight {
+    pub(crate) done: tokio::sync::watch::Sender<Option<Outcome>>,
 }
 
 #[derive(Clone)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// The encoded value.
     Value(Bytes),
     /// The leader's loader failed.
@@ -98,15 +126,15 @@ enum Outcome {
 
 /// Publishes the leader's outcome and retires the flight, also when the
 /// leader's future is dropped half way.
-struct FlightGuard<'a> {
-    cache: &'a Cache,
-    key: String,
-    flight: Arc<Flight>,
-    published: bool,
+pub(crate) struct FlightGuard<'a> {
+    pub(crate) cache: &'a Cache,
+    pub(crate) key: String,
+    pub(crate) flight: Arc<Flight>,
+    pub(crate) published: bool,
 }
 
 impl FlightGuard<'_> {
-    fn publish(&mut self, outcome: Outcome) {
+    pub(crate) fn publish(&mut self, outcome: Outcome) {
         self.retire();
         let _ = self.flight.done.send(Some(outcome));
         self.published = true;
@@ -140,12 +168,21 @@ impl Drop for FlightGuard<'_> {
 impl Counters {
     fn new(name: &Arc<str>) -> Self {
         let label = name.to_string();
+        let stale = |reason: &'static str| metrics::counter!("larder_cache_stale_served_total", "cache" => label.clone(), "reason" => reason);
         Counters {
             hits: metrics::counter!("larder_cache_hits_total", "cache" => label.clone()),
             misses: metrics::counter!("larder_cache_misses_total", "cache" => label.clone()),
             corrupt: metrics::counter!("larder_cache_corrupt_entries_total", "cache" => label.clone()),
             errors: metrics::counter!("larder_cache_backend_errors_total", "cache" => label.clone()),
-            merged: metrics::counter!("larder_cache_single_flight_merged_total", "cache" => label),
+            timeouts: metrics::counter!("larder_cache_backend_timeouts_total", "cache" => label.clone()),
+            fail_open: metrics::counter!("larder_cache_fail_open_total", "cache" => label.clone()),
+            merged: metrics::counter!("larder_cache_single_flight_merged_total", "cache" => label.clone()),
+            stale_swr: stale("stale_while_revalidate"),
+            stale_lease: stale("lease_held"),
+            stale_error: stale("stale_if_error"),
+            early_refresh: metrics::counter!("larder_cache_early_refresh_total", "cache" => label.clone()),
+            stale_sets_prevented: metrics::counter!("larder_cache_stale_sets_prevented_total", "cache" => label.clone()),
+            lease_waits: metrics::counter!("larder_cache_lease_waits_total", "cache" => label),
         }
     }
 }
@@ -174,9 +211,42 @@ pub struct CacheBuilder {
     default_ttl: Ttl,
     envelope: EnvelopeConfig,
     max_value_bytes: usize,
+    deadline: Option<Option<Duration>>,
+    breaker: BreakerConfig,
+    fail_open: bool,
 }
 
 impl CacheBuilder {
+    /// Deadline of one backend call; a call that takes longer fails with
+    /// [`Error::Timeout`] (and counts as a failure for the circuit breaker).
+    /// Default: [`DEFAULT_DEADLINE`] (100 ms) for network caches,
+    /// [`DEFAULT_STORE_DEADLINE`] (1 s) for persistent stores, none for
+    /// in-process backends. `None` turns it off. `clear` and `close` are
+    /// never cut short.
+    ///
+    /// Pitfall: the deadline uses tokio's timer, so the runtime needs it
+    /// (`#[tokio::main]` enables it; a hand-built runtime needs
+    /// `enable_time()`).
+    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
+        self.deadline = Some(deadline);
+        self
+    }
+    /// Circuit breaker settings (default: open after 5 consecutive failures,
+    /// for 2 s). While open, backend calls fail at once with
+    /// [`Error::CircuitOpen`] instead of waiting for a dead server.
+    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
+        self.breaker = breaker;
+        self
+    }
+    /// Under a fail-open policy, reads (`get`, `get_many`, `has_key`) treat
+    /// a failing backend as a miss (logged and counted in
+    /// `larder_cache_fail_open_total`) instead of returning the error.
+    /// Writes still return errors. Default off: the raw API reports
+    /// failures. [`Cache::get_or_compute`] is always fail-open.
+    pub fn fail_open(mut self, on: bool) -> Self {
+        self.fail_open = on;
+        self
+    }
     /// Names the cache in logs and metrics (default: the backend's name).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -250,6 +320,18 @@ impl CacheBuilder {
         if let Some(n) = o.name {
             self.name = Some(n);
         }
+        if let Some(d) = o.deadline {
+            self.deadline = Some(d);
+        }
+        if let Some(n) = o.breaker_failures {
+            self.breaker = self.breaker.failure_threshold(n);
+        }
+        if let Some(d) = o.breaker_cool_down {
+            self.breaker = self.breaker.cool_down(d);
+        }
+        if let Some(f) = o.fail_open {
+            self.fail_open = f;
+        }
         self
     }
 
@@ -273,11 +355,30 @@ impl CacheBuilder {
         };
         let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or(self.backend.name()));
         let counters = Counters::new(&name);
+        let caps = self.backend.capabilities();
+        let deadline = match self.deadline {
+            Some(d) => d,
+            None if caps.persistent => Some(DEFAULT_STORE_DEADLINE),
+            None if caps.shared => Some(DEFAULT_DEADLINE),
+            None => None,
+        };
+        if deadline.is_some_and(|d| d.is_zero()) {
+            return Err(Error::config(
+                "a deadline of zero would fail every call; use a positive deadline or none",
+            ));
+        }
+        let breaker = Breaker::new(self.breaker, &name);
         Ok(Cache {
             version: self.version,
             head: keys.head(self.version),
             inner: Arc::new(Inner {
                 flights: std::sync::Mutex::new(HashMap::new()),
+                gens: (0..GENERATIONS)
+                    .map(|_| std::sync::atomic::AtomicU64::new(0))
+                    .collect(),
+                breaker,
+                deadline,
+                fail_open: self.fail_open,
                 backend: self.backend,
                 keys,
                 default_ttl,
@@ -294,7 +395,8 @@ impl CacheBuilder {
 /// The cache-level options of a cache URL: `key_prefix`, `version`,
 /// `timeout` (seconds, or `none` for never), `codec` (`postcard`/`json`),
 /// `compress_above` (bytes, or `none`), `hash_long_keys`,
-/// `max_value_bytes`, `name`.
+/// `max_value_bytes`, `name`, `op_deadline_ms` (ms, or `none`),
+/// `breaker_failures`, `breaker_cool_down_ms`, `fail_open`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct UrlOptions {
@@ -314,6 +416,14 @@ pub struct UrlOptions {
     pub max_value_bytes: Option<usize>,
     /// `name`.
     pub name: Option<String>,
+    /// `op_deadline_ms`: the deadline of one backend call; `Some(None)` = none.
+    pub deadline: Option<Option<Duration>>,
+    /// `breaker_failures`: consecutive failures that open the breaker (0: off).
+    pub breaker_failures: Option<u32>,
+    /// `breaker_cool_down_ms`.
+    pub breaker_cool_down: Option<Duration>,
+    /// `fail_open`: reads treat a failing backend as a miss.
+    pub fail_open: Option<bool>,
 }
 
 impl UrlOptions {
@@ -353,6 +463,23 @@ impl UrlOptions {
         o.hash_long_keys = url.take_bool("hash_long_keys")?;
         o.max_value_bytes = url.take_parsed::<usize>("max_value_bytes")?;
         o.name = url.take("name");
+        if let Some(d) = url.take("op_deadline_ms") {
+            o.deadline = Some(if d.eq_ignore_ascii_case("none") {
+                None
+            } else {
+                let ms: u64 = d.parse().map_err(|_| {
+                    Error::config(format!(
+                        "option op_deadline_ms={d:?} is not a number of milliseconds or \"none\""
+                    ))
+                })?;
+                Some(Duration::from_millis(ms))
+            });
+        }
+        o.breaker_failures = url.take_parsed::<u32>("breaker_failures")?;
+        o.breaker_cool_down = url
+            .take_parsed::<u64>("breaker_cool_down_ms")?
+            .map(Duration::from_millis);
+        o.fail_open = url.take_bool("fail_open")?;
         Ok(o)
     }
 }
@@ -375,6 +502,9 @@ impl Cache {
             default_ttl: Ttl::Default,
             envelope: EnvelopeConfig::default(),
             max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
+            deadline: None,
+            breaker: BreakerConfig::default(),
+            fail_open: false,
         }
     }
 
@@ -425,7 +555,7 @@ impl Cache {
         self.inner.keys.make_key(key, self.version)
     }
 
-    fn resolve(&self, ttl: Ttl) -> Resolved {
+    pub(crate) fn resolve(&self, ttl: Ttl) -> Resolved {
         ttl.resolve(self.inner.default_ttl)
     }
 
@@ -435,7 +565,7 @@ impl Cache {
         Ok(bytes)
     }
 
-    fn check_size(&self, bytes: &Bytes) -> Result<()> {
+    pub(crate) fn check_size(&self, bytes: &Bytes) -> Result<()> {
         if bytes.len() > self.inner.max_value_bytes {
             return Err(Error::ValueTooLarge {
                 size: bytes.len(),
@@ -447,9 +577,20 @@ impl Cache {
 
     fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Option<T> {
         match envelope::decode::<T>(bytes) {
-            Ok((v, _)) => {
+            Ok((v, None)) => {
                 self.inner.counters.hits.increment(1);
                 Some(v)
+            }
+            // Written by get_or_compute: past its soft expiry it is kept only
+            // for stale serving, and a plain read does not see it.
+            Ok((v, Some(meta))) => {
+                if meta.soft_expiry_unix_ms != 0 && unix_ms() >= meta.soft_expiry_unix_ms {
+                    self.inner.counters.misses.increment(1);
+                    None
+                } else {
+                    self.inner.counters.hits.increment(1);
+                    Some(v)
+                }
             }
             Err(e) => {
                 self.inner.counters.corrupt.increment(1);
@@ -469,6 +610,98 @@ impl Cache {
         r
     }
 
+    /// Runs one backend call through the circuit breaker and the deadline.
+    pub(crate) async fn call<T>(&self, fut: impl Future<Output = Result<T>>) -> Result<T> {
+        let inner = &*self.inner;
+        let admit = inner.breaker.admit();
+        if admit == Admit::No {
+            return Err(Error::CircuitOpen {
+                backend: inner.backend.name(),
+            });
+        }
+        let result = match inner.deadline {
+            None => fut.await,
+            Some(after) => match tokio::time::timeout(after, fut).await {
+                Ok(r) => r,
+                Err(_) => {
+                    inner.counters.timeouts.increment(1);
+                    Err(Error::Timeout {
+                        backend: inner.backend.name(),
+                        after,
+                    })
+                }
+            },
+        };
+        match &result {
+            Err(e) if e.is_backend_failure() => {
+                inner.counters.errors.increment(1);
+                inner.breaker.failure(admit, &inner.name, e);
+            }
+            _ => inner.breaker.success(admit, &inner.name),
+        }
+        result
+    }
+
+    /// Turns a backend failure on a read into a miss when the cache is
+    /// fail-open.
+    fn read_result<T>(&self, key: &str, r: Result<T>, miss: impl FnOnce() -> T) -> Result<T> {
+        match r {
+            Err(e) if self.inner.fail_open && e.is_backend_failure() => {
+                self.inner.counters.fail_open.increment(1);
+                self.log_fail_open(key, &e, "cache read failed; treated as a miss");
+                Ok(miss())
+            }
+            other => other,
+        }
+    }
+
+    /// Logs a degradation: at warn level while the breaker is closed, at
+    /// debug level once it is open (it logged the outage already), so a dead
+    /// server does not flood the logs.
+    pub(crate) fn log_fail_open(&self, key: &str, e: &Error, what: &str) {
+        if matches!(e, Error::CircuitOpen { .. }) {
+            tracing::debug!(cache = %self.inner.name, key, error = %e, "{what}");
+        } else {
+            tracing::warn!(cache = %self.inner.name, key, error = %e, "{what}");
+        }
+    }
+
+    /// Marks a write to `skey` (see `Inner::gens`).
+    pub(crate) fn bump(&self, skey: &str) {
+        self.generation_slot(skey)
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub(crate) fn generation(&self, skey: &str) -> u64 {
+        self.generation_slot(skey)
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn generation_slot(&self, skey: &str) -> &std::sync::atomic::AtomicU64 {
+        // FNV-1a: short keys, no allocation, good enough spread for 1024 slots.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in skey.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        &self.inner.gens[(h % GENERATIONS as u64) as usize]
+    }
+
+    fn bump_all(&self) {
+        for g in self.inner.gens.iter() {
+            g.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+
+    /// What the circuit breaker does with calls now.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.breaker.state()
+    }
+
+    /// The deadline of one backend call, if any.
+    pub fn deadline(&self) -> Option<Duration> {
+        self.inner.deadline
+    }
+
     /// Reads a value. `Ok(None)` on a miss, and also for an entry that cannot
     /// be decoded as `T` (logged and counted as corrupt).
     pub async fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
@@ -478,7 +711,8 @@ impl Cache {
             return answer;
         }
         let skey = self.make_key(key)?;
-        let raw = self.note(self.inner.backend.get(&skey).await)?;
+        let raw = self.call(self.inner.backend.get(&skey)).await;
+        let raw = self.read_result(key, raw, || None)?;
         Ok(self.finish_get(key, raw))
     }
 
@@ -516,14 +750,15 @@ impl Cache {
         ttl: impl Into<Ttl>,
     ) -> Result<()> {
         let skey = self.make_key(key)?;
+        self.bump(&skey);
         match self.resolve(ttl.into()) {
             Resolved::ExpireNow => {
-                self.note(self.inner.backend.delete(&skey).await)?;
+                self.call(self.inner.backend.delete(&skey)).await?;
                 Ok(())
             }
             Resolved::Store(exp) => {
                 let bytes = self.encode(value)?;
-                self.note(self.inner.backend.set(&skey, bytes, exp).await)
+                self.call(self.inner.backend.set(&skey, bytes, exp)).await
             }
         }
     }
@@ -538,11 +773,12 @@ impl Cache {
         ttl: impl Into<Ttl>,
     ) -> Result<bool> {
         let skey = self.make_key(key)?;
+        self.bump(&skey);
         match self.resolve(ttl.into()) {
-            Resolved::ExpireNow => Ok(!self.note(self.inner.backend.has_key(&skey).await)?),
+            Resolved::ExpireNow => Ok(!self.call(self.inner.backend.has_key(&skey)).await?),
             Resolved::Store(exp) => {
                 let bytes = self.encode(value)?;
-                self.note(self.inner.backend.add(&skey, bytes, exp).await)
+                self.call(self.inner.backend.add(&skey, bytes, exp)).await
             }
         }
     }
@@ -558,7 +794,8 @@ impl Cache {
             .map(|k| self.make_key(k.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&str> = skeys.iter().map(String::as_str).collect();
-        let raw = self.note(self.inner.backend.get_many(&refs).await)?;
+        let raw = self.call(self.inner.backend.get_many(&refs)).await;
+        let raw = self.read_result("(get_many)", raw, || vec![None; refs.len()])?;
         let mut out = HashMap::with_capacity(raw.len());
         for (key, slot) in keys.iter().zip(raw) {
             match slot {
@@ -589,10 +826,13 @@ impl Cache {
             .iter()
             .map(|(k, _)| self.make_key(k.as_ref()))
             .collect::<Result<Vec<_>>>()?;
+        for skey in &skeys {
+            self.bump(skey);
+        }
         match self.resolve(ttl.into()) {
             Resolved::ExpireNow => {
                 let refs: Vec<&str> = skeys.iter().map(String::as_str).collect();
-                self.note(self.inner.backend.delete_many(&refs).await)?;
+                self.call(self.inner.backend.delete_many(&refs)).await?;
                 Ok(Vec::new())
             }
             Resolved::Store(exp) => {
@@ -600,7 +840,9 @@ impl Cache {
                 for (skey, (_, v)) in skeys.iter().zip(items) {
                     entries.push((skey.as_str(), self.encode(v.borrow())?));
                 }
-                let failed = self.note(self.inner.backend.set_many(&entries, exp).await)?;
+                let failed = self
+                    .call(self.inner.backend.set_many(&entries, exp))
+                    .await?;
                 // Map storage keys back to the caller's keys.
                 Ok(items
                     .iter()
@@ -615,7 +857,8 @@ impl Cache {
     /// Removes a key; returns whether it was there.
     pub async fn delete(&self, key: &str) -> Result<bool> {
         let skey = self.make_key(key)?;
-        self.note(self.inner.backend.delete(&skey).await)
+        self.bump(&skey);
+        self.call(self.inner.backend.delete(&skey)).await
     }
 
     /// Removes several keys; returns how many were there.
@@ -624,14 +867,18 @@ impl Cache {
             .iter()
             .map(|k| self.make_key(k.as_ref()))
             .collect::<Result<Vec<_>>>()?;
+        for skey in &skeys {
+            self.bump(skey);
+        }
         let refs: Vec<&str> = skeys.iter().map(String::as_str).collect();
-        self.note(self.inner.backend.delete_many(&refs).await)
+        self.call(self.inner.backend.delete_many(&refs)).await
     }
 
     /// Whether a live entry exists for the key.
     pub async fn has_key(&self, key: &str) -> Result<bool> {
         let skey = self.make_key(key)?;
-        self.note(self.inner.backend.has_key(&skey).await)
+        let r = self.call(self.inner.backend.has_key(&skey)).await;
+        self.read_result(key, r, || false)
     }
 
     /// Adds `delta` to a stored integer atomically, keeping its TTL; returns
@@ -639,7 +886,9 @@ impl Cache {
     /// [`Error::NotANumber`] when the value is not an integer.
     pub async fn incr(&self, key: &str, delta: i64) -> Result<i64> {
         let skey = self.make_key(key)?;
-        self.note(self.inner.backend.incr(&skey, delta).await)
+        self.bump(&skey);
+        self.call(self.inner.backend.incr(&skey, delta))
+            .await
             .map_err(|e| e.with_user_key(key))
     }
 
@@ -656,8 +905,8 @@ impl Cache {
     pub async fn touch(&self, key: &str, ttl: impl Into<Ttl>) -> Result<bool> {
         let skey = self.make_key(key)?;
         match self.resolve(ttl.into()) {
-            Resolved::ExpireNow => self.note(self.inner.backend.delete(&skey).await),
-            Resolved::Store(exp) => self.note(self.inner.backend.touch(&skey, exp).await),
+            Resolved::ExpireNow => self.call(self.inner.backend.delete(&skey)).await,
+            Resolved::Store(exp) => self.call(self.inner.backend.touch(&skey, exp)).await,
         }
     }
 
@@ -674,8 +923,9 @@ impl Cache {
                 "clear() cannot tell this cache's keys apart when a custom key function is set; clear the backend with clear_all()",
             ));
         }
+        self.bump_all();
         match keys.clear_scope() {
-            None => self.note(self.inner.backend.clear(ClearScope::All).await),
+            None => self.call(self.inner.backend.clear(ClearScope::All)).await,
             Some(prefix) => {
                 if !self.capabilities().prefix_clear {
                     return Err(Error::Unsupported {
@@ -683,14 +933,16 @@ impl Cache {
                         operation: "clearing one prefix",
                     });
                 }
-                self.note(self.inner.backend.clear(ClearScope::Prefix(&prefix)).await)
+                self.call(self.inner.backend.clear(ClearScope::Prefix(&prefix)))
+                    .await
             }
         }
     }
 
     /// Removes everything in the backend, whatever cache wrote it.
     pub async fn clear_all(&self) -> Result<()> {
-        self.note(self.inner.backend.clear(ClearScope::All).await)
+        self.bump_all();
+        self.call(self.inner.backend.clear(ClearScope::All)).await
     }
 
     /// Moves a key to version `current + delta` and returns the new version
@@ -712,12 +964,16 @@ impl Cache {
         let new_key = self.inner.keys.make_key(key, new_version)?;
         let backend = &self.inner.backend;
         let value = self
-            .note(backend.get(&old_key).await)?
+            .call(backend.get(&old_key))
+            .await?
             .ok_or_else(|| Error::NotFound {
                 key: key.to_owned(),
             })?;
-        self.note(backend.set(&new_key, value, self.inner.default_ttl).await)?;
-        self.note(backend.delete(&old_key).await)?;
+        self.bump(&new_key);
+        self.call(backend.set(&new_key, value, self.inner.default_ttl))
+            .await?;
+        self.bump(&old_key);
+        self.call(backend.delete(&old_key)).await?;
         Ok(new_version)
     }
 
@@ -729,162 +985,6 @@ impl Cache {
         self.incr_version(key, neg).await
     }
 
-    /// Returns the cached value, or runs `loader`, stores its value and
-    /// returns it (cache-aside in one call; Django's `get_or_set`).
-    ///
-    /// **Single-flight**: concurrent callers of one key in this process
-    /// share one run of a loader (Django runs it once per caller). The
-    /// others wait for it and get its value; if it fails, they get
-    /// [`Error::Computation`] with its message and nothing is cached. If the
-    /// computing caller is dropped half way, a waiter takes over.
-    ///
-    /// Keeps working when the cache does not: a backend failure on the read
-    /// is treated as a miss and on the write is logged, so the loader's value
-    /// always reaches the caller. Only the loader's own error is returned.
-    ///
-    /// ```
-    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
-    /// use larder_core::{Cache, DummyBackend, Error, Ttl};
-    /// let cache = Cache::new(DummyBackend);
-    /// let v: u32 = cache
-    ///     .get_or_compute("answer", Ttl::secs(60), || async { Ok::<_, Error>(42) })
-    ///     .await?;
-    /// assert_eq!(v, 42);
-    /// # Ok::<(), Error>(()) }).unwrap();
-    /// ```
-    pub async fn get_or_compute<T, E, F, Fut>(
-        &self,
-        key: &str,
-        ttl: impl Into<Ttl>,
-        loader: F,
-    ) -> Result<T, E>
-    where
-        T: Serialize + DeserializeOwned,
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-        E: From<Error> + std::fmt::Display,
-    {
-        let ttl = ttl.into();
-        if let Some(v) = self.read_fail_open::<T>(key).await.map_err(E::from)? {
-            return Ok(v);
-        }
-        let skey = self.make_key(key).map_err(E::from)?;
-        let mut loader = Some(loader);
-        loop {
-            // Join the computation in flight, or lead a new one.
-            let joined = {
-                let mut flights = self.inner.flights.lock().unwrap_or_else(|p| p.into_inner());
-                match flights.get(&skey) {
-                    Some(f) => Err(f.done.subscribe()),
-                    None => {
-                        let (tx, _) = tokio::sync::watch::channel(None);
-                        let flight = Arc::new(Flight { done: tx });
-                        flights.insert(skey.clone(), flight.clone());
-                        Ok(flight)
-                    }
-                }
-            };
-            match joined {
-                Err(mut rx) => {
-                    self.inner.counters.merged.increment(1);
-                    let outcome = match rx.wait_for(Option::is_some).await {
-                        Ok(o) => o.clone(),
-                        Err(_) => Some(Outcome::Abandoned),
-                    };
-                    match outcome {
-                        Some(Outcome::Value(bytes)) => match envelope::decode::<T>(&bytes) {
-                            Ok((v, _)) => return Ok(v),
-                            Err(e) => {
-                                return Err(E::from(Error::Computation {
-                                    key: key.to_owned(),
-                                    message: format!("the shared value does not decode: {e}"),
-                                }))
-                            }
-                        },
-                        Some(Outcome::Failed(message)) => {
-                            return Err(E::from(Error::Computation {
-                                key: key.to_owned(),
-                                message,
-                            }))
-                        }
-                        // The leader went away: try again (maybe lead).
-                        Some(Outcome::Abandoned) | None => continue,
-                    }
-                }
-                Ok(flight) => {
-                    let mut guard = FlightGuard {
-                        cache: self,
-                        key: skey.clone(),
-                        flight,
-                        published: false,
-                    };
-                    // A flight that just ended may have stored the value
-                    // between our miss and our taking the lead.
-                    if let Some(v) = self.read_fail_open::<T>(key).await.map_err(E::from)? {
-                        if let Ok(bytes) = envelope::encode(&v, &self.inner.envelope, None) {
-                            guard.publish(Outcome::Value(bytes));
-                        }
-                        return Ok(v);
-                    }
-                    let Some(load) = loader.take() else {
-                        // Unreachable: only a leader runs the loader, once.
-                        return Err(E::from(Error::config("loader already used")));
-                    };
-                    let value = match load().await {
-                        Ok(v) => v,
-                        Err(e) => {
-                            guard.publish(Outcome::Failed(e.to_string()));
-                            return Err(e);
-                        }
-                    };
-                    match envelope::encode(&value, &self.inner.envelope, None) {
-                        Ok(bytes) => {
-                            self.store_fail_open(key, &skey, bytes.clone(), ttl)
-                                .await
-                                .map_err(E::from)?;
-                            guard.publish(Outcome::Value(bytes));
-                        }
-                        Err(e) => {
-                            guard.publish(Outcome::Failed(e.to_string()));
-                            return Err(E::from(e));
-                        }
-                    }
-                    return Ok(value);
-                }
-            }
-        }
-    }
-
-    /// A read that treats a failing backend as a miss (logged).
-    async fn read_fail_open<T: DeserializeOwned>(&self, key: &str) -> Result<Option<T>> {
-        match self.get::<T>(key).await {
-            Ok(v) => Ok(v),
-            Err(e) if e.is_backend_failure() => {
-                tracing::warn!(cache = %self.inner.name, key, error = %e, "cache read failed; computing the value");
-                Ok(None)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Stores an encoded value; a failing backend is logged, not an error.
-    async fn store_fail_open(&self, key: &str, skey: &str, bytes: Bytes, ttl: Ttl) -> Result<()> {
-        let result = match self.resolve(ttl) {
-            Resolved::ExpireNow => self.inner.backend.delete(skey).await.map(|_| ()),
-            Resolved::Store(exp) => {
-                self.check_size(&bytes)?;
-                self.inner.backend.set(skey, bytes, exp).await
-            }
-        };
-        match self.note(result) {
-            Err(e) if e.is_backend_failure() => {
-                tracing::warn!(cache = %self.inner.name, key, error = %e, "cache write failed; value returned uncached");
-                Ok(())
-            }
-            other => other,
-        }
-    }
-
     /// Closes the backend.
     pub async fn close(&self) -> Result<()> {
         self.inner.backend.close().await
@@ -894,4 +994,11 @@ impl Cache {
     pub fn default_version(&self) -> u64 {
         self.inner.default_version
     }
+}
+
+/// Now, in unix milliseconds (0 if the clock is before 1970).
+pub(crate) fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }

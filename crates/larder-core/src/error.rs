@@ -80,6 +80,14 @@ pub enum Error {
         /// The leader's loader error, as text.
         message: String,
     },
+    /// The cache's circuit breaker is open: the backend failed repeatedly
+    /// and is skipped until its cool-down ends (see
+    /// [`CacheBuilder::breaker`](crate::CacheBuilder::breaker)).
+    #[error("the {backend} backend is skipped after repeated failures (circuit breaker open)")]
+    CircuitOpen {
+        /// Backend name.
+        backend: &'static str,
+    },
     /// The backend failed (I/O, connection, protocol).
     #[error("the {backend} backend failed: {source}")]
     Backend {
@@ -112,7 +120,10 @@ impl Error {
     /// opposed to a problem with the caller's key or value). Fail-open policies
     /// treat exactly these errors as misses.
     pub fn is_backend_failure(&self) -> bool {
-        matches!(self, Error::Backend { .. } | Error::Timeout { .. })
+        matches!(
+            self,
+            Error::Backend { .. } | Error::Timeout { .. } | Error::CircuitOpen { .. }
+        )
     }
 
     /// Replaces the storage key named in a key-carrying error with the key the

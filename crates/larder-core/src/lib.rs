@@ -23,7 +23,9 @@
 
 pub mod backend;
 mod blocking;
+mod breaker;
 mod cache;
+mod compute;
 mod dummy;
 pub mod envelope;
 mod error;
@@ -32,10 +34,15 @@ mod ttl;
 pub mod url;
 
 pub use async_trait::async_trait;
-pub use backend::{Backend, Capabilities, ClearScope};
+pub use backend::{lease_key, Backend, Capabilities, ClearScope, LeaseGrant, LeaseToken};
 pub use blocking::BlockingIo;
+pub use breaker::{BreakerConfig, BreakerState};
 pub use bytes::Bytes;
-pub use cache::{Cache, CacheBuilder, UrlOptions, DEFAULT_MAX_VALUE_BYTES, DEFAULT_TTL};
+pub use cache::{
+    Cache, CacheBuilder, UrlOptions, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES,
+    DEFAULT_STORE_DEADLINE, DEFAULT_TTL,
+};
+pub use compute::{ComputeOptions, DEFAULT_LEASE_TTL};
 pub use dummy::DummyBackend;
 pub use envelope::Codec;
 pub use error::{Error, Result};

@@ -53,12 +53,12 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use larder_core::envelope::parse_integer;
 use larder_core::{
-    async_trait, Backend, BlockingIo, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry,
-    Result,
+    async_trait, lease_key, Backend, BlockingIo, Bytes, CacheUrl, Capabilities, ClearScope, Error,
+    Expiry, LeaseGrant, LeaseToken, Result,
 };
 
 const MAGIC: &[u8; 4] = b"LDF2";
@@ -433,6 +433,75 @@ impl Inner {
             .map_err(io_err)
     }
 
+    /// Ends the lease on `key`, if any (a tombstone, like `delete`). Call
+    /// with the lock held.
+    fn break_lease(&self, path: &Path) -> Result<()> {
+        match self.write_expiry(&lease_path(path), TOMBSTONE) {
+            Err(Error::Backend { source, .. })
+                if source
+                    .downcast_ref::<io::Error>()
+                    .is_some_and(|e| e.kind() == io::ErrorKind::NotFound) =>
+            {
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// The live lease's id on `key`, if any. Call with the lock held.
+    fn live_lease(&self, key: &str, path: &Path) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .read_locked(&lease_key(key), &lease_path(path))?
+            .map(|s| s.value))
+    }
+
+    fn lease_acquire(&self, key: &str, ttl: Duration, seen: Option<Bytes>) -> Result<LeaseGrant> {
+        let (shard, path) = self.path_of(key);
+        let _lock = self.lock(shard)?;
+        if self.live_lease(key, &path)?.is_some() {
+            return Ok(LeaseGrant::Held);
+        }
+        let lease = LeaseToken::new(seen);
+        let expires = now_ms() + (ttl.as_millis() as u64).max(1);
+        // A new lease file is created exclusively (O_EXCL); an expired one
+        // is overwritten, under the shard lock like every write.
+        self.write(
+            &lease_key(key),
+            &lease_path(&path),
+            expires,
+            lease.id_hex().as_bytes(),
+        )?;
+        Ok(LeaseGrant::Won(lease))
+    }
+
+    fn lease_fill(&self, key: &str, value: &[u8], ttl: Expiry, lease: &LeaseToken) -> Result<bool> {
+        let (shard, path) = self.path_of(key);
+        let stored = {
+            let _lock = self.lock(shard)?;
+            if self.live_lease(key, &path)?.as_deref() != Some(lease.id_hex().as_bytes()) {
+                return Ok(false);
+            }
+            self.remove(&lease_path(&path))?;
+            let current = self.read_locked(key, &path)?;
+            if !lease.still_seen(current.as_ref().map(|s| &s.value[..])) {
+                return Ok(false);
+            }
+            self.write(key, &path, deadline_ms(ttl), value)?;
+            true
+        };
+        self.cull_if_needed()?;
+        Ok(stored)
+    }
+
+    fn lease_release(&self, key: &str, lease: &LeaseToken) -> Result<()> {
+        let (shard, path) = self.path_of(key);
+        let _lock = self.lock(shard)?;
+        if self.live_lease(key, &path)?.as_deref() == Some(lease.id_hex().as_bytes()) {
+            self.remove(&lease_path(&path))?;
+        }
+        Ok(())
+    }
+
     /// Rewrites only the expiry of an existing file. Call with the lock held.
     fn write_expiry(&self, path: &Path, expires_ms: u64) -> Result<()> {
         use std::os::unix::fs::FileExt;
@@ -565,6 +634,12 @@ fn read_key(path: &Path) -> Option<String> {
     String::from_utf8(key).ok()
 }
 
+/// The file holding the lease on the entry at `path`: same directory and
+/// shard, so one lock covers both.
+fn lease_path(path: &Path) -> PathBuf {
+    path.with_extension("lease")
+}
+
 fn open_private(path: &Path, create_new: bool) -> io::Result<File> {
     let mut o = OpenOptions::new();
     o.read(true).write(true);
@@ -592,6 +667,38 @@ impl Backend for FileBackend {
             .with_prefix_clear(true)
             .with_persistent(true)
             .with_shared(true)
+            .with_leases(true)
+    }
+
+    async fn lease_acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+        seen: Option<Bytes>,
+    ) -> Result<LeaseGrant> {
+        let key = key.to_owned();
+        self.blocking(move |inner| inner.lease_acquire(&key, ttl, seen))
+            .await
+    }
+
+    async fn lease_fill(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Expiry,
+        lease: &LeaseToken,
+    ) -> Result<bool> {
+        let key = key.to_owned();
+        let lease = lease.clone();
+        self.blocking(move |inner| inner.lease_fill(&key, &value, ttl, &lease))
+            .await
+    }
+
+    async fn lease_release(&self, key: &str, lease: &LeaseToken) -> Result<()> {
+        let key = key.to_owned();
+        let lease = lease.clone();
+        self.blocking(move |inner| inner.lease_release(&key, &lease))
+            .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
@@ -688,6 +795,9 @@ impl Backend for FileBackend {
         self.blocking(move |inner| {
             let (shard, path) = inner.path_of(&key);
             let _lock = inner.lock(shard)?;
+            // Also when the entry is absent: a computation that started
+            // before this invalidation must not store after it.
+            inner.break_lease(&path)?;
             if inner.read_locked(&key, &path)?.is_none() {
                 return Ok(false);
             }

@@ -47,7 +47,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::future::join_all;
 use larder_core::envelope::parse_integer;
 use larder_core::{
-    async_trait, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry, Result,
+    async_trait, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry, LeaseGrant,
+    LeaseToken, Result,
 };
 
 use conn::{Conn, ConnError, Until};
@@ -132,6 +133,17 @@ fn conn_error(addr: &str, e: ConnError) -> Error {
         },
         other => Error::backend(NAME, format!("{addr}: {other}")),
     }
+}
+
+/// An item vivified by `mg … N` for a lease holder: empty, flagged won.
+/// It is a miss for every reader.
+fn is_placeholder(data: &[u8], f: &proto::Flags) -> bool {
+    data.is_empty() && (f.win || f.already_won)
+}
+
+/// Lease times are whole seconds in memcached.
+fn lease_secs(ttl: Duration) -> u64 {
+    (ttl.as_secs() + u64::from(ttl.subsec_nanos() > 0)).max(1)
 }
 
 fn unexpected(addr: &str, r: &Response) -> Error {
@@ -543,6 +555,8 @@ impl Backend for MemcachedBackend {
             .with_prefix_clear(true)
             .with_batch(true)
             .with_shared(true)
+            .with_leases(true)
+            .with_compare_and_set(true)
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
@@ -551,6 +565,7 @@ impl Backend for MemcachedBackend {
         let mut req = Requests::new();
         req.mg(key, &["v"]);
         match inner.one(i, &req).await? {
+            Response::Va(d, f) if is_placeholder(&d, &f) => Ok(None),
             Response::Va(d, _) => Ok(Some(d)),
             Response::En => Ok(None),
             other => Err(unexpected(&inner.servers[i].addr, &other)),
@@ -558,13 +573,87 @@ impl Backend for MemcachedBackend {
     }
 
     async fn has_key(&self, key: &str) -> Result<bool> {
+        Ok(self.get(key).await?.is_some())
+    }
+
+    /// Native leases: `mg` with `N` (vivify a placeholder on a miss, with the
+    /// lease time as its TTL) and `R` (win the recache of a present item);
+    /// memcached answers `W` to one caller and `Z` to the others. The winner
+    /// of a present item shortens it to the lease time, so a holder that dies
+    /// blocks the refresh for at most that long (others serve the stale
+    /// value meanwhile). The fill is an `ms` with the CAS seen at the win: a
+    /// `delete` or a `set` in between makes it fail.
+    async fn lease_acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+        seen: Option<Bytes>,
+    ) -> Result<LeaseGrant> {
         let inner = &self.inner;
         let i = inner.pick(key)?;
+        let secs = lease_secs(ttl);
+        let n = format!("N{secs}");
         let mut req = Requests::new();
-        req.mg(key, &[]);
+        req.mg(key, &["c", "v", &n, "R2000000000"]);
+        let (data, flags) = match inner.one(i, &req).await? {
+            Response::Va(d, f) => (d, f),
+            Response::Hd(f) => (Bytes::new(), f),
+            Response::En => return Ok(LeaseGrant::Held),
+            other => return Err(unexpected(&inner.servers[i].addr, &other)),
+        };
+        if !flags.win {
+            return Ok(LeaseGrant::Held);
+        }
+        let mut cas = flags
+            .cas
+            .ok_or_else(|| Error::backend(NAME, "mg with c returned no CAS"))?;
+        if !is_placeholder(&data, &flags) {
+            let t = format!("T{secs}");
+            let mut touch = Requests::new();
+            touch.mg(key, &["c", &t]);
+            match inner.one(i, &touch).await? {
+                Response::Hd(f) => cas = f.cas.unwrap_or(cas),
+                // Deleted meanwhile: the fill's CAS will fail, as it should.
+                Response::En => {}
+                other => return Err(unexpected(&inner.servers[i].addr, &other)),
+            }
+        }
+        Ok(LeaseGrant::Won(LeaseToken::new(seen).with_cas(cas)))
+    }
+
+    async fn lease_fill(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Expiry,
+        lease: &LeaseToken,
+    ) -> Result<bool> {
+        let inner = &self.inner;
+        let i = inner.pick(key)?;
+        inner.check_size(i, key, &value).await?;
+        let c = format!("C{}", lease.cas());
+        let mut req = Requests::new();
+        req.ms(key, &value, &[&exptime(ttl), &c]);
         match inner.one(i, &req).await? {
             Response::Hd(_) => Ok(true),
-            Response::En => Ok(false),
+            Response::Ex | Response::Nf | Response::Ns => Ok(false),
+            other => Err(unexpected(&inner.servers[i].addr, &other)),
+        }
+    }
+
+    async fn lease_release(&self, key: &str, lease: &LeaseToken) -> Result<()> {
+        // A placeholder is removed so the next caller computes at once; a
+        // won stale item lapses at the end of the lease (it was shortened).
+        if lease.seen().is_some() {
+            return Ok(());
+        }
+        let inner = &self.inner;
+        let i = inner.pick(key)?;
+        let c = format!("C{}", lease.cas());
+        let mut req = Requests::new();
+        req.md(key, &[&c]);
+        match inner.one(i, &req).await? {
+            Response::Hd(_) | Response::Ex | Response::Nf => Ok(()),
             other => Err(unexpected(&inner.servers[i].addr, &other)),
         }
     }
@@ -587,6 +676,7 @@ impl Backend for MemcachedBackend {
             let (i, responses) = r?;
             for resp in responses {
                 match resp {
+                    Response::Va(d, f) if is_placeholder(&d, &f) => {}
                     Response::Va(d, f) => {
                         let n = f.opaque.map(|o| o as usize).filter(|&n| n < keys.len());
                         let n = n.ok_or_else(|| {

@@ -26,6 +26,7 @@ fn random_bytes(n: usize) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn values_over_the_item_limit_are_refused() {
     let cache = Cache::builder(backend("memcached://127.0.0.1:21214"))
+        .deadline(Some(larder_testkit::TEST_DEADLINE))
         .key_prefix(format!("big{}", std::process::id()))
         .build()
         .unwrap();
@@ -277,6 +278,7 @@ async fn concurrent_prefix_clears_all_succeed() {
     // 20k items make each crawler pass long enough for the clears to overlap
     // (checked by hand: overlapping dumps then answer BUSY).
     let filler = Cache::builder(backend("memcached://127.0.0.1:21214"))
+        .deadline(Some(larder_testkit::TEST_DEADLINE))
         .key_prefix(format!("ccfill{}", std::process::id()))
         .build()
         .unwrap();
@@ -292,6 +294,7 @@ async fn concurrent_prefix_clears_all_succeed() {
     for n in 0..12 {
         tasks.push(tokio::spawn(async move {
             let cache = Cache::builder(backend("memcached://127.0.0.1:21214"))
+                .deadline(Some(larder_testkit::TEST_DEADLINE))
                 .key_prefix(format!("cc{}.{n}", std::process::id()))
                 .build()
                 .unwrap();

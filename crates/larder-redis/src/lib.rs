@@ -32,7 +32,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> larder_core::Result<()> {
-//! use larder_core::{Cache, CacheUrl, Ttl};
+//! use larder_core::{Cache, CacheUrl, LeaseGrant, LeaseToken, Ttl, lease_key};
 //! let mut url = CacheUrl::parse("redis://127.0.0.1:6379/0")?;
 //! let cache = Cache::new(larder_redis::RedisBackend::from_url(&mut url).await?);
 //! cache.set("k", "v", Ttl::secs(60)).await?;
@@ -45,7 +45,8 @@ use std::time::Duration;
 
 use futures_util::future::try_join_all;
 use larder_core::{
-    async_trait, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry, Result,
+    async_trait, lease_key, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry,
+    LeaseGrant, LeaseToken, Result,
 };
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;
@@ -71,6 +72,36 @@ redis.call('PERSIST', KEYS[1])
 return 1
 "#;
 
+// Leases: the lease on a key is a key of its own holding the grant's id,
+// set with SET NX PX. A fill stores only while the lease is ours and the
+// entry is still what the holder saw; delete drops the lease first.
+const FILL_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[2])
+local cur = redis.call('GET', KEYS[1])
+if ARGV[2] == '1' then
+  if cur ~= ARGV[3] then return 0 end
+elseif cur then
+  return 0
+end
+if ARGV[5] == '0' then
+  redis.call('SET', KEYS[1], ARGV[4])
+else
+  redis.call('SET', KEYS[1], ARGV[4], 'PX', ARGV[5])
+end
+return 1
+"#;
+
+const RELEASE_SCRIPT: &str = r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#;
+
+const DELETE_SCRIPT: &str = r#"
+redis.call('DEL', KEYS[2])
+return redis.call('DEL', KEYS[1])
+"#;
+
 #[derive(Clone)]
 enum Conn {
     Single(ConnectionManager),
@@ -86,6 +117,9 @@ pub struct RedisBackend {
     credentials: Credentials,
     incr: Script,
     persist: Script,
+    fill: Script,
+    release: Script,
+    delete: Script,
 }
 
 #[derive(Clone, Default)]
@@ -230,6 +264,9 @@ impl RedisBackend {
             credentials,
             incr: Script::new(INCR_SCRIPT),
             persist: Script::new(PERSIST_SCRIPT),
+            fill: Script::new(FILL_SCRIPT),
+            release: Script::new(RELEASE_SCRIPT),
+            delete: Script::new(DELETE_SCRIPT),
         }
     }
 
@@ -251,6 +288,10 @@ impl RedisBackend {
     async fn script<T: FromRedisValue>(&self, script: &Script, key: &str, arg: i64) -> Result<T> {
         let mut inv = script.key(key);
         inv.arg(arg);
+        self.invoke(&inv).await
+    }
+
+    async fn invoke<T: FromRedisValue>(&self, inv: &redis::ScriptInvocation<'_>) -> Result<T> {
         let fut = async {
             match &self.conn {
                 Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
@@ -365,6 +406,59 @@ async fn with_deadline<T>(
     }
 }
 
+/// The key holding the lease on `key`. On a cluster it must hash to the
+/// same slot as `key`, so that the fill script may touch both.
+fn redis_lease_key(key: &str, cluster: bool) -> String {
+    let plain = lease_key(key);
+    if !cluster {
+        return plain;
+    }
+    let slot = cluster_slot(key.as_bytes());
+    if cluster_slot(plain.as_bytes()) == slot {
+        return plain;
+    }
+    let tag = slot_tag(slot);
+    let tagged = format!("{plain} {{{tag}}}");
+    if cluster_slot(tagged.as_bytes()) == slot {
+        return tagged;
+    }
+    // `key` has an unmatched `{`: put the tag first.
+    format!("{{{tag}}} {plain}")
+}
+
+/// Redis Cluster's hash slot of a key (CRC16/XMODEM of its hash tag or of
+/// the whole key, mod 16384).
+fn cluster_slot(key: &[u8]) -> u16 {
+    let tagged = key.iter().position(|&b| b == b'{').and_then(|open| {
+        let rest = &key[open + 1..];
+        let close = rest.iter().position(|&b| b == b'}')?;
+        (close > 0).then(|| &rest[..close])
+    });
+    crc16::State::<crc16::XMODEM>::calculate(tagged.unwrap_or(key)) % 16384
+}
+
+/// A short string whose slot is `slot`: the first decimal number that hashes
+/// there (found once for all slots, ~170k CRCs).
+fn slot_tag(slot: u16) -> &'static str {
+    static TAGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    let tags = TAGS.get_or_init(|| {
+        let mut tags = vec![String::new(); 16384];
+        let mut missing = 16384;
+        let mut n: u64 = 0;
+        while missing > 0 {
+            let s = n.to_string();
+            let slot = usize::from(cluster_slot(s.as_bytes()));
+            if tags[slot].is_empty() {
+                tags[slot] = s;
+                missing -= 1;
+            }
+            n += 1;
+        }
+        tags
+    });
+    &tags[usize::from(slot)]
+}
+
 fn set_cmd(key: &str, value: &[u8], ttl: Expiry) -> Cmd {
     let mut cmd = redis::cmd("SET");
     cmd.arg(key).arg(value);
@@ -385,6 +479,60 @@ impl Backend for RedisBackend {
             .with_prefix_clear(true)
             .with_batch(true)
             .with_shared(true)
+            .with_leases(true)
+    }
+
+    async fn lease_acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+        seen: Option<Bytes>,
+    ) -> Result<LeaseGrant> {
+        let lease = LeaseToken::new(seen);
+        let lk = redis_lease_key(key, self.is_cluster());
+        let r: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(&lk)
+                    .arg(lease.id_hex())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(millis(ttl).max(1)),
+            )
+            .await?;
+        Ok(match r {
+            Some(_) => LeaseGrant::Won(lease),
+            None => LeaseGrant::Held,
+        })
+    }
+
+    async fn lease_fill(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Expiry,
+        lease: &LeaseToken,
+    ) -> Result<bool> {
+        let lk = redis_lease_key(key, self.is_cluster());
+        let px = match ttl {
+            Expiry::Never => 0,
+            Expiry::After(d) => millis(d).max(1),
+        };
+        let mut inv = self.fill.key(key);
+        inv.key(&lk)
+            .arg(lease.id_hex())
+            .arg(if lease.seen().is_some() { "1" } else { "0" })
+            .arg(lease.seen().map_or(&b""[..], |b| &b[..]))
+            .arg(&value[..])
+            .arg(px);
+        Ok(self.invoke::<i64>(&inv).await? == 1)
+    }
+
+    async fn lease_release(&self, key: &str, lease: &LeaseToken) -> Result<()> {
+        let lk = redis_lease_key(key, self.is_cluster());
+        let mut inv = self.release.key(&lk);
+        inv.arg(lease.id_hex());
+        self.invoke::<i64>(&inv).await.map(|_| ())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
@@ -446,7 +594,12 @@ impl Backend for RedisBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
-        let n: i64 = self.query(redis::cmd("DEL").arg(key)).await?;
+        // Drops the key's lease with it, atomically: a computation that
+        // started before this invalidation cannot store after it.
+        let lk = redis_lease_key(key, self.is_cluster());
+        let mut inv = self.delete.key(key);
+        inv.key(&lk);
+        let n: i64 = self.invoke(&inv).await?;
         Ok(n > 0)
     }
 
@@ -454,6 +607,11 @@ impl Backend for RedisBackend {
         if keys.is_empty() {
             return Ok(0);
         }
+        // Leases first: a fill landing between the two commands then finds
+        // its lease gone instead of storing behind the delete.
+        let cluster = self.is_cluster();
+        let leases: Vec<String> = keys.iter().map(|k| redis_lease_key(k, cluster)).collect();
+        self.query::<i64>(redis::cmd("DEL").arg(&leases)).await?;
         let n: i64 = self.query(redis::cmd("DEL").arg(keys)).await?;
         Ok(n.max(0) as u64)
     }
@@ -543,6 +701,34 @@ impl Backend for RedisBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lease_keys_share_the_slot_of_their_key() {
+        for key in [
+            "app:1:user:7",
+            "a{b",
+            "{tag}rest",
+            "x}y{z",
+            "{}",
+            "",
+            "k{}{v}",
+        ] {
+            let lk = redis_lease_key(key, true);
+            assert_eq!(
+                cluster_slot(lk.as_bytes()),
+                cluster_slot(key.as_bytes()),
+                "{key} → {lk}"
+            );
+            assert_ne!(lk, key);
+        }
+        assert_eq!(redis_lease_key("app:1:k", false), "app:1:k lease");
+        // Known slots (from CLUSTER KEYSLOT).
+        assert_eq!(cluster_slot(b"foo"), 12182);
+        assert_eq!(
+            cluster_slot(b"{user1000}.following"),
+            cluster_slot(b"user1000")
+        );
+    }
 
     #[test]
     fn glob_characters_are_escaped() {

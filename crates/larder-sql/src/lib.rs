@@ -43,7 +43,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use larder_core::envelope::parse_integer;
 use larder_core::{
-    async_trait, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry, Result,
+    async_trait, lease_key, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry,
+    LeaseGrant, LeaseToken, Result,
 };
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
@@ -143,6 +144,9 @@ struct Sql {
     cull: String,
     clear_prefix: String,
     clear_all: String,
+    delete_lease: String,
+    lease_take: String,
+    read_for_update: String,
 }
 
 impl Sql {
@@ -186,6 +190,18 @@ impl Sql {
             cull: format!("DELETE FROM {t} WHERE expires_ms IS NOT NULL AND expires_ms <= {}", p(1)),
             clear_prefix: format!("DELETE FROM {t} WHERE cache_key LIKE {} ESCAPE '!'", p(1)),
             clear_all: format!("DELETE FROM {t}"),
+            delete_lease: format!("DELETE FROM {t} WHERE cache_key = {}", p(1)),
+            lease_take: format!(
+                "DELETE FROM {t} WHERE cache_key = {} AND value = {} AND {}",
+                p(1),
+                p(2),
+                live(3)
+            ),
+            read_for_update: format!(
+                "SELECT value FROM {t} WHERE cache_key = {} AND {} FOR UPDATE",
+                p(1),
+                live(2)
+            ),
         }
     }
 }
@@ -527,6 +543,94 @@ impl Backend for SqlBackend {
             .with_batch(true)
             .with_persistent(true)
             .with_shared(true)
+            .with_leases(true)
+    }
+
+    /// A lease is a row of its own (`"<key> lease"`) holding the grant's id,
+    /// inserted only when absent or expired.
+    async fn lease_acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+        seen: Option<Bytes>,
+    ) -> Result<LeaseGrant> {
+        let lease = LeaseToken::new(seen);
+        let won = self
+            .add(
+                &lease_key(key),
+                Bytes::from(lease.id_hex()),
+                Expiry::After(ttl.max(Duration::from_millis(1))),
+            )
+            .await?;
+        Ok(if won {
+            LeaseGrant::Won(lease)
+        } else {
+            LeaseGrant::Held
+        })
+    }
+
+    /// One transaction: take (delete) our live lease row, lock the entry and
+    /// check it is what we saw, write. A `delete` removes the lease row
+    /// before the entry, in two statements, so it either makes the lease
+    /// vanish before we take it or, waiting on our lock, deletes our value
+    /// after we commit.
+    async fn lease_fill(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Expiry,
+        lease: &LeaseToken,
+    ) -> Result<bool> {
+        let sql = &self.inner.sql;
+        let lk = lease_key(key);
+        let work = async {
+            let mut tx = self.inner.pool.begin().await?;
+            let now = now_ms();
+            let taken = sqlx::query(&sql.lease_take)
+                .bind(&lk)
+                .bind(lease.id_hex().into_bytes())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            if taken.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(false);
+            }
+            let current = sqlx::query(&sql.read_for_update)
+                .bind(key)
+                .bind(now)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let current: Option<Vec<u8>> = match current {
+                Some(row) => Some(row.try_get(0)?),
+                None => None,
+            };
+            if !lease.still_seen(current.as_deref()) {
+                tx.commit().await?;
+                return Ok(false);
+            }
+            sqlx::query(&sql.upsert)
+                .bind(key)
+                .bind(value.to_vec())
+                .bind(expires(ttl))
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(true)
+        };
+        self.run(work).await
+    }
+
+    async fn lease_release(&self, key: &str, lease: &LeaseToken) -> Result<()> {
+        self.run(
+            sqlx::query(&self.inner.sql.lease_take)
+                .bind(lease_key(key))
+                .bind(lease.id_hex().into_bytes())
+                .bind(now_ms())
+                .execute(&self.inner.pool),
+        )
+        .await?;
+        Ok(())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
@@ -674,6 +778,13 @@ impl Backend for SqlBackend {
     }
 
     async fn delete(&self, key: &str) -> Result<bool> {
+        // The lease first, in its own statement: see `lease_fill`.
+        self.run(
+            sqlx::query(&self.inner.sql.delete_lease)
+                .bind(lease_key(key))
+                .execute(&self.inner.pool),
+        )
+        .await?;
         let rows = self
             .run(
                 sqlx::query(&self.inner.sql.delete_returning)
@@ -695,11 +806,17 @@ impl Backend for SqlBackend {
             return Ok(0);
         }
         let d = self.inner.dialect;
-        let sql = format!(
-            "DELETE FROM {} WHERE cache_key IN ({}) RETURNING expires_ms",
+        let in_list = format!(
+            "DELETE FROM {} WHERE cache_key IN ({})",
             self.inner.config.table,
             d.params(1, keys.len())
         );
+        let mut leases = sqlx::query(&in_list);
+        for k in keys {
+            leases = leases.bind(lease_key(k));
+        }
+        self.run(leases.execute(&self.inner.pool)).await?;
+        let sql = format!("{in_list} RETURNING expires_ms");
         let mut q = sqlx::query(&sql);
         for k in keys {
             q = q.bind(*k);

@@ -15,8 +15,8 @@ use std::time::Duration;
 
 use larder_core::envelope::parse_integer;
 use larder_core::{
-    async_trait, Backend, BlockingIo, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry,
-    Result,
+    async_trait, lease_key, Backend, BlockingIo, Bytes, CacheUrl, Capabilities, ClearScope, Error,
+    Expiry, LeaseGrant, LeaseToken, Result,
 };
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension, TransactionBehavior};
 
@@ -65,6 +65,8 @@ struct Statements {
     cull: String,
     clear_prefix: String,
     clear_all: String,
+    delete_one: String,
+    lease_take: String,
 }
 
 impl Statements {
@@ -90,6 +92,8 @@ impl Statements {
             cull: format!("DELETE FROM {t} WHERE expires_ms IS NOT NULL AND expires_ms <= ?1"),
             clear_prefix: format!("DELETE FROM {t} WHERE cache_key LIKE ?1 ESCAPE '!'"),
             clear_all: format!("DELETE FROM {t}"),
+            delete_one: format!("DELETE FROM {t} WHERE cache_key = ?1"),
+            lease_take: format!("DELETE FROM {t} WHERE cache_key = ?1 AND value = ?3 AND {live}"),
         }
     }
 }
@@ -292,6 +296,80 @@ impl Backend for SqliteBackend {
             .with_batch(true)
             .with_persistent(true)
             .with_shared(true)
+            .with_leases(true)
+    }
+
+    /// A lease is a row of its own (`"<key> lease"`) holding the grant's id,
+    /// inserted only when absent or expired.
+    async fn lease_acquire(
+        &self,
+        key: &str,
+        ttl: Duration,
+        seen: Option<Bytes>,
+    ) -> Result<LeaseGrant> {
+        let lease = LeaseToken::new(seen);
+        let won = self
+            .add(
+                &lease_key(key),
+                Bytes::from(lease.id_hex()),
+                Expiry::After(ttl.max(Duration::from_millis(1))),
+            )
+            .await?;
+        Ok(if won {
+            LeaseGrant::Won(lease)
+        } else {
+            LeaseGrant::Held
+        })
+    }
+
+    /// In one IMMEDIATE transaction (writers are serialized): take our live
+    /// lease row, check the entry is what we saw, write.
+    async fn lease_fill(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Expiry,
+        lease: &LeaseToken,
+    ) -> Result<bool> {
+        let key = key.to_owned();
+        let id = lease.id_hex().into_bytes();
+        let lease = lease.clone();
+        self.blocking(move |inner, c| {
+            let tx = rusqlite::Transaction::new_unchecked(c, TransactionBehavior::Immediate)
+                .map_err(db_err)?;
+            let now = now_ms();
+            let taken = tx
+                .prepare_cached(&inner.sql.lease_take)
+                .and_then(|mut s| s.execute(params![lease_key(&key), now, id]))
+                .map_err(db_err)?;
+            if taken == 0 {
+                return Ok(false);
+            }
+            let current: Option<Vec<u8>> = tx
+                .prepare_cached(&inner.sql.read)
+                .and_then(|mut s| s.query_row(params![key, now], |r| r.get(0)).optional())
+                .map_err(db_err)?;
+            if !lease.still_seen(current.as_deref()) {
+                tx.commit().map_err(db_err)?;
+                return Ok(false);
+            }
+            inner.upsert(&tx, &key, &value, expires(ttl))?;
+            tx.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn lease_release(&self, key: &str, lease: &LeaseToken) -> Result<()> {
+        let key = lease_key(key);
+        let id = lease.id_hex().into_bytes();
+        self.blocking(move |inner, c| {
+            c.prepare_cached(&inner.sql.lease_take)
+                .and_then(|mut s| s.execute(params![key, now_ms(), id]))
+                .map_err(db_err)?;
+            Ok(())
+        })
+        .await
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
@@ -401,6 +479,11 @@ impl Backend for SqliteBackend {
     async fn delete(&self, key: &str) -> Result<bool> {
         let key = key.to_owned();
         self.blocking(move |inner, c| {
+            // The lease first: a computation that started before this
+            // invalidation must not store after it.
+            c.prepare_cached(&inner.sql.delete_one)
+                .and_then(|mut s| s.execute(params![lease_key(&key)]))
+                .map_err(db_err)?;
             let mut s = c
                 .prepare_cached(&inner.sql.delete_returning)
                 .map_err(db_err)?;
@@ -423,6 +506,13 @@ impl Backend for SqliteBackend {
                 .map(|i| format!("?{i}"))
                 .collect::<Vec<_>>()
                 .join(", ");
+            let leases = format!(
+                "DELETE FROM {} WHERE cache_key IN ({marks})",
+                inner.config.table
+            );
+            c.prepare_cached(&leases)
+                .and_then(|mut s| s.execute(params_from_iter(keys.iter().map(|k| lease_key(k)))))
+                .map_err(db_err)?;
             let sql = format!(
                 "DELETE FROM {} WHERE cache_key IN ({marks}) RETURNING expires_ms",
                 inner.config.table

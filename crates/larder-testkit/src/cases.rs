@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use larder_core::{Bytes, Codec, Error, Expiry, Ttl};
+use larder_core::{Bytes, Cache, Codec, ComputeOptions, Error, Expiry, LeaseGrant, Ttl};
 use serde::{Deserialize, Serialize};
 
 use crate::Ctx;
@@ -1194,6 +1194,385 @@ pub async fn get_or_compute_single_flight(ctx: &Ctx) {
     assert_eq!(calls.load(Ordering::SeqCst), 1, "callers recomputed");
 }
 
+// ------------------------------------------- leases, stale sets, stale serving
+
+/// Options for a value that goes stale after one second and is kept 30 s
+/// for stale serving.
+fn stale_opts() -> ComputeOptions {
+    ComputeOptions::new(Ttl::secs(1))
+        .stale_if_error(Duration::from_secs(30))
+        .no_early_refresh()
+}
+
+/// A second cache over the same backend with its own single-flight table
+/// and write generations, as another process has. Without leases the
+/// backend cannot coordinate processes, so the "other" cache is this one.
+fn other_process(ctx: &Ctx, c: &Cache) -> Cache {
+    if c.capabilities().leases {
+        ctx.cache()
+    } else {
+        c.clone()
+    }
+}
+
+async fn slow_value(
+    delay_ms: u64,
+    v: &'static str,
+    calls: Arc<AtomicU32>,
+) -> Result<String, Error> {
+    calls.fetch_add(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    Ok(v.to_owned())
+}
+
+/// A delete that lands while a computation runs wins: the computation's
+/// result reaches its caller but is not stored (the classic stale set).
+pub async fn stale_set_after_delete_is_dropped(ctx: &Ctx) {
+    let a = ctx.cache();
+    let b = other_process(ctx, &a);
+    let calls = Arc::new(AtomicU32::new(0));
+    let computing = {
+        let (a, calls) = (a.clone(), calls.clone());
+        tokio::spawn(async move {
+            a.get_or_compute("k", LONG, move || slow_value(400, "old", calls))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.delete("k").await.unwrap();
+    assert_eq!(computing.await.unwrap(), "old", "the caller gets its value");
+    assert_eq!(
+        a.get::<String>("k").await.unwrap(),
+        None,
+        "a result computed before the delete was stored after it"
+    );
+}
+
+/// A write that lands while a computation runs wins over its result.
+pub async fn stale_set_after_write_is_dropped(ctx: &Ctx) {
+    let a = ctx.cache();
+    let b = other_process(ctx, &a);
+    let calls = Arc::new(AtomicU32::new(0));
+    let computing = {
+        let (a, calls) = (a.clone(), calls.clone());
+        tokio::spawn(async move {
+            a.get_or_compute("k", LONG, move || slow_value(400, "old", calls))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.set("k", "new", LONG).await.unwrap();
+    assert_eq!(computing.await.unwrap(), "old");
+    assert_eq!(a.get::<String>("k").await.unwrap().as_deref(), Some("new"));
+}
+
+/// The same when a stale value was present: the refresh loses to a delete.
+pub async fn stale_refresh_after_delete_is_dropped(ctx: &Ctx) {
+    let a = ctx.cache();
+    let b = other_process(ctx, &a);
+    let opts = stale_opts();
+    let calls = Arc::new(AtomicU32::new(0));
+    let first = calls.clone();
+    let v: String = a
+        .get_or_compute_with("k", &opts, move || slow_value(0, "v1", first))
+        .await
+        .unwrap();
+    assert_eq!(v, "v1");
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let computing = {
+        let (a, calls) = (a.clone(), calls.clone());
+        tokio::spawn(async move {
+            a.get_or_compute_with("k", &opts, move || slow_value(400, "v2", calls))
+                .await
+                .unwrap()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    b.delete("k").await.unwrap();
+    assert_eq!(computing.await.unwrap(), "v2");
+    assert_eq!(a.get::<String>("k").await.unwrap(), None);
+}
+
+/// Callers in two "processes" (caches with their own single-flight) share
+/// one computation through the backend's lease; without leases, one per
+/// process.
+pub async fn lease_one_computation_across_caches(ctx: &Ctx) {
+    let caches = [ctx.cache(), ctx.cache()];
+    let leases = caches[0].capabilities().leases;
+    let calls = Arc::new(AtomicU32::new(0));
+    let mut tasks = Vec::new();
+    for c in &caches {
+        for _ in 0..8 {
+            let (c, calls) = (c.clone(), calls.clone());
+            tasks.push(tokio::spawn(async move {
+                c.get_or_compute("herd", LONG, move || slow_value(300, "v", calls))
+                    .await
+                    .unwrap()
+            }));
+        }
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "v");
+    }
+    let n = calls.load(Ordering::SeqCst);
+    if leases {
+        assert_eq!(n, 1, "the lease did not stop the second process computing");
+    } else {
+        assert!(n <= 2, "{n} computations for two processes");
+    }
+}
+
+/// A caller that loses the lease while a stale value exists gets the stale
+/// value at once instead of waiting.
+pub async fn lease_loser_serves_stale(ctx: &Ctx) {
+    let c = ctx.cache();
+    let opts = stale_opts();
+    let calls = Arc::new(AtomicU32::new(0));
+    let first = calls.clone();
+    let _: String = c
+        .get_or_compute_with("k", &opts, move || slow_value(0, "old", first))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let skey = c.make_key("k").unwrap();
+    if !c.capabilities().leases {
+        assert!(matches!(
+            c.backend()
+                .lease_acquire(&skey, Duration::from_secs(5), None)
+                .await,
+            Err(Error::Unsupported { .. })
+        ));
+        return;
+    }
+    let seen = c.backend().get(&skey).await.unwrap();
+    assert!(
+        seen.is_some(),
+        "the stale entry is kept for the grace period"
+    );
+    let held = c
+        .backend()
+        .lease_acquire(&skey, Duration::from_secs(5), seen)
+        .await
+        .unwrap();
+    assert!(matches!(held, LeaseGrant::Won(_)));
+    let counting = calls.clone();
+    let v: String = c
+        .get_or_compute_with("k", &opts, move || slow_value(0, "new", counting))
+        .await
+        .unwrap();
+    assert_eq!(v, "old", "the loser serves the stale value");
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "the loser computed anyway");
+}
+
+/// A lease holder that never finishes (a crashed process) delays the others
+/// by at most the lease time: then one of them computes.
+pub async fn lease_holder_crash_is_bounded(ctx: &Ctx) {
+    let c = ctx.cache();
+    if !c.capabilities().leases {
+        return lease_one_computation_across_caches(ctx).await;
+    }
+    let skey = c.make_key("k").unwrap();
+    let grant = c
+        .backend()
+        .lease_acquire(&skey, Duration::from_secs(1), None)
+        .await
+        .unwrap();
+    assert!(matches!(grant, LeaseGrant::Won(_)));
+    // ...and the holder "crashes": never fills, never releases.
+    let opts = ComputeOptions::new(LONG).lease_ttl(Duration::from_secs(1));
+    let started = std::time::Instant::now();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counting = calls.clone();
+    let v: String = c
+        .get_or_compute_with("k", &opts, move || slow_value(0, "v", counting))
+        .await
+        .unwrap();
+    assert_eq!(v, "v");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // Generous bound (a loaded test machine); the point is "not forever".
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "waited {:?}",
+        started.elapsed()
+    );
+}
+
+/// The raw lease protocol: one holder at a time; a fill stores only while
+/// its lease holds and the entry is what it saw; delete breaks the lease.
+pub async fn lease_protocol(ctx: &Ctx) {
+    let c = ctx.cache();
+    let b = c.backend();
+    let skey = c.make_key("k").unwrap();
+    let ttl = Duration::from_secs(30);
+    let exp = Expiry::After(Duration::from_secs(60));
+    if !c.capabilities().leases {
+        assert!(matches!(
+            b.lease_acquire(&skey, ttl, None).await,
+            Err(Error::Unsupported { .. })
+        ));
+        return;
+    }
+    let v = |s: &str| Bytes::from(s.to_owned());
+    // Fill while held: stored; the lease is gone afterwards.
+    let LeaseGrant::Won(l1) = b.lease_acquire(&skey, ttl, None).await.unwrap() else {
+        panic!("a free key's lease was refused")
+    };
+    assert_eq!(
+        b.lease_acquire(&skey, ttl, None).await.unwrap(),
+        LeaseGrant::Held
+    );
+    assert!(b.lease_fill(&skey, v("one"), exp, &l1).await.unwrap());
+    assert_eq!(b.get(&skey).await.unwrap(), Some(v("one")));
+    assert!(
+        !b.lease_fill(&skey, v("again"), exp, &l1).await.unwrap(),
+        "a lease filled twice"
+    );
+    // A delete breaks the lease, also on an absent key.
+    b.delete(&skey).await.unwrap();
+    let LeaseGrant::Won(l2) = b.lease_acquire(&skey, ttl, None).await.unwrap() else {
+        panic!("lease refused after fill")
+    };
+    b.delete(&skey).await.unwrap();
+    assert!(!b.lease_fill(&skey, v("stale"), exp, &l2).await.unwrap());
+    assert_eq!(b.get(&skey).await.unwrap(), None, "a fill beat a delete");
+    // A write between grant and fill wins.
+    let LeaseGrant::Won(l3) = b.lease_acquire(&skey, ttl, None).await.unwrap() else {
+        panic!("lease refused after a broken one")
+    };
+    b.set(&skey, v("written"), exp).await.unwrap();
+    assert!(!b.lease_fill(&skey, v("stale"), exp, &l3).await.unwrap());
+    assert_eq!(b.get(&skey).await.unwrap(), Some(v("written")));
+    // Release hands the key to the next caller at once.
+    b.delete(&skey).await.unwrap();
+    let LeaseGrant::Won(l4) = b.lease_acquire(&skey, ttl, None).await.unwrap() else {
+        panic!("lease refused")
+    };
+    b.lease_release(&skey, &l4).await.unwrap();
+    assert!(matches!(
+        b.lease_acquire(&skey, ttl, None).await.unwrap(),
+        LeaseGrant::Won(_)
+    ));
+    // Leases are cleared with their prefix.
+    c.clear().await.unwrap();
+    assert!(matches!(
+        b.lease_acquire(&skey, ttl, None).await.unwrap(),
+        LeaseGrant::Won(_)
+    ));
+}
+
+/// Inside the stale-while-revalidate window callers get the stale value at
+/// once and one background refresh replaces it.
+pub async fn stale_while_revalidate_refreshes_once(ctx: &Ctx) {
+    let c = ctx.cache();
+    let opts = ComputeOptions::new(Ttl::secs(1))
+        .stale_while_revalidate(Duration::from_secs(30))
+        .no_early_refresh();
+    let calls = Arc::new(AtomicU32::new(0));
+    let first = calls.clone();
+    let _: String = c
+        .get_or_compute_with("k", &opts, move || slow_value(0, "v1", first))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let (c, calls) = (c.clone(), calls.clone());
+        tasks.push(tokio::spawn(async move {
+            c.get_or_compute_with("k", &opts, move || slow_value(300, "v2", calls))
+                .await
+                .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "v1", "stale served at once");
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    loop {
+        if c.get::<String>("k").await.unwrap().as_deref() == Some("v2") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the background refresh never landed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "one refresh for all stale readers"
+    );
+}
+
+/// A failing loader inside the stale-if-error window yields the stale
+/// value; outside it, the error.
+pub async fn stale_if_error_serves_stale(ctx: &Ctx) {
+    let c = ctx.cache();
+    let _: String = c
+        .get_or_compute_with("k", &stale_opts(), || async {
+            Ok::<_, Error>("v1".to_owned())
+        })
+        .await
+        .unwrap();
+    let strict = ComputeOptions::new(Ttl::secs(1)).no_early_refresh();
+    let _: String = c
+        .get_or_compute_with("strict", &strict, || async {
+            Ok::<_, Error>("v1".to_owned())
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let failing = || async { Err::<String, Error>(Error::config("origin down")) };
+    let v = c.get_or_compute_with("k", &stale_opts(), failing).await;
+    assert_eq!(v.unwrap(), "v1", "stale value served on error");
+    let e = c.get_or_compute_with("strict", &strict, failing).await;
+    assert!(e.is_err(), "no stale window, so the error");
+}
+
+/// XFetch: with a large β a value is recomputed before it expires, while
+/// callers keep getting the current value.
+pub async fn early_refresh_recomputes_before_expiry(ctx: &Ctx) {
+    let c = ctx.cache();
+    let opts = ComputeOptions::new(Ttl::secs(2)).early_refresh(50.0);
+    let calls = Arc::new(AtomicU32::new(0));
+    for _ in 0..15 {
+        let counting = calls.clone();
+        let v: String = c
+            .get_or_compute_with("k", &opts, move || slow_value(100, "v", counting))
+            .await
+            .unwrap();
+        assert_eq!(v, "v");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    // 15 reads in ~1 s of a 2 s TTL: only early refreshes recompute.
+    assert!(
+        calls.load(Ordering::SeqCst) >= 2,
+        "no early refresh happened"
+    );
+}
+
+/// A value written by get_or_compute is a miss for plain `get` once past
+/// its freshness, though it is kept for stale serving.
+pub async fn plain_get_respects_freshness(ctx: &Ctx) {
+    let c = ctx.cache();
+    let _: String = c
+        .get_or_compute_with("k", &stale_opts(), || async {
+            Ok::<_, Error>("v".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap().as_deref(), Some("v"));
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(c.get::<String>("k").await.unwrap(), None);
+    let raw = c.backend().get(&c.make_key("k").unwrap()).await.unwrap();
+    assert!(
+        raw.is_some(),
+        "the stale entry is kept for the grace period"
+    );
+}
+
 /// Lists every case, for the suite macro; a unit test checks it is complete.
 #[doc(hidden)]
 #[macro_export]
@@ -1231,6 +1610,11 @@ macro_rules! __for_each_storing_case {
             concurrent_distinct_keys, concurrent_readers_see_whole_values,
             get_or_compute_miss, get_or_compute_hit, get_or_compute_error_not_cached,
             get_or_compute_single_flight,
+            stale_set_after_delete_is_dropped, stale_set_after_write_is_dropped,
+            stale_refresh_after_delete_is_dropped, lease_one_computation_across_caches,
+            lease_loser_serves_stale, lease_holder_crash_is_bounded, lease_protocol,
+            stale_while_revalidate_refreshes_once, stale_if_error_serves_stale,
+            early_refresh_recomputes_before_expiry, plain_get_respects_freshness,
         );
     };
 }

@@ -34,6 +34,9 @@ pub mod dummy_cases;
 #[doc(hidden)]
 pub use tokio as __tokio;
 
+/// The per-call deadline of caches built by [`Ctx::builder`].
+pub const TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Makes a backend for one case.
 #[async_trait::async_trait]
 pub trait Harness: Send + Sync {
@@ -61,9 +64,13 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// A builder over the backend with this case's prefix.
+    /// A builder over the backend with this case's prefix, and a deadline
+    /// of 10 s: the cases check semantics, on a machine loaded by running
+    /// many of them at once, not latency.
     pub fn builder(&self) -> CacheBuilder {
-        Cache::builder_arc(self.backend.clone()).key_prefix(self.prefix.clone())
+        Cache::builder_arc(self.backend.clone())
+            .key_prefix(self.prefix.clone())
+            .deadline(Some(TEST_DEADLINE))
     }
 
     /// A cache with this case's prefix and defaults otherwise.
