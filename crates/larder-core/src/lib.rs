@@ -30,6 +30,7 @@ mod dummy;
 pub mod envelope;
 mod error;
 mod key;
+pub mod near;
 mod ttl;
 pub mod url;
 
@@ -47,5 +48,6 @@ pub use dummy::DummyBackend;
 pub use envelope::Codec;
 pub use error::{Error, Result};
 pub use key::{KeyFn, KeyPolicy, MAX_KEY_BYTES};
+pub use near::{BusEvent, BusMessage, Invalidation, InvalidationBus, NearBackend};
 pub use ttl::{Expiry, Resolved, Ttl};
 pub use url::CacheUrl;
