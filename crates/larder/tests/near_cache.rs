@@ -231,7 +231,11 @@ async fn redis_bus_invalidates_the_other_process_and_ttl_bounds_a_dead_bus() {
 
     // The bus dies: writes still succeed, and B serves the old value for
     // at most its L1 TTL.
+    let seen = b.applied();
     a.set("k", "before", Ttl::secs(60)).await.unwrap();
+    // Let that write's own message land first, or it could drop B's L1
+    // entry after the bus died and hide what this checks.
+    b.wait_applied_over(seen);
     assert_eq!(b.ask("get k"), "value before");
     bus.kill();
     let written = Instant::now();
