@@ -16,6 +16,11 @@ use crate::CliError;
 pub const EXAMPLES: &str = "\
 Examples:
   larder bench --out results/larder_cache_ops.json
+  larder bench --scenario herd --backends mem,redis --url redis=redis://127.0.0.1:6379 --out herd.json
+  larder bench --scenario multi-process-herd --processes 4 --clients 25 --backends redis \\
+      --url redis=redis://127.0.0.1:6379 --out mp.json
+  larder bench --scenario hot-key --backends mem,redis --url redis=redis://127.0.0.1:6379 --out hot.json
+  larder bench --scenario cache-down --backends redis --url redis=redis://127.0.0.1:27400 --out down.json
   taskset -c 0 larder bench --backends mem,file --repeat 3 --out pinned.json
   larder bench --url big=mem://?max_bytes=1000000000 --backends big --out x.json";
 
@@ -58,13 +63,13 @@ const VALUE_BYTES: usize = 100;
 pub struct BenchArgs {
     /// Where to write the JSON results.
     #[arg(long)]
-    out: PathBuf,
+    pub out: PathBuf,
     /// Comma-separated backends: mem, file, dummy, or names given with --url.
     #[arg(long, default_value = "mem,file")]
     backends: String,
     /// Extra backend as NAME=URL (repeatable), e.g. big=mem://?max_entries=10.
     #[arg(long = "url", value_name = "NAME=URL")]
-    urls: Vec<String>,
+    pub urls: Vec<String>,
     /// Operations per run (default per backend: mem/dummy 2,000,000; file 20,000).
     #[arg(long)]
     n: Option<usize>,
@@ -77,7 +82,7 @@ pub struct BenchArgs {
     /// Directory for the file backend (default: a fresh directory in the
     /// system temp dir, removed afterwards).
     #[arg(long)]
-    file_dir: Option<PathBuf>,
+    pub file_dir: Option<PathBuf>,
     /// Name written into the JSON's "benchmark" field.
     #[arg(long, default_value = "larder_cache_ops")]
     name: String,
@@ -91,6 +96,32 @@ pub struct BenchArgs {
         default_value = "set,get_hit,get_miss,get_many10,incr,get_or_set"
     )]
     ops: String,
+    /// Run a stampede or outage scenario instead of the operations:
+    /// herd, multi-process-herd, hot-key, cache-down. cache-down starts its
+    /// own redis-server or memcached on the port of the --url it is given.
+    #[arg(long, value_enum)]
+    pub scenario: Option<crate::scenario::Scenario>,
+    /// Scenarios: concurrent callers (per process).
+    #[arg(long, default_value_t = 50)]
+    pub clients: usize,
+    /// Scenarios: expiries measured (herd, multi-process-herd).
+    #[arg(long, default_value_t = 8)]
+    pub rounds: usize,
+    /// multi-process-herd: processes sharing the cache.
+    #[arg(long, default_value_t = 4)]
+    pub processes: usize,
+    /// hot-key, cache-down: seconds of steady load.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Scenarios: TTL of the value, in seconds.
+    #[arg(long, default_value_t = 1)]
+    pub ttl_secs: u64,
+    /// Scenarios: how long the origin takes, in milliseconds.
+    #[arg(long, default_value_t = 200)]
+    pub origin_ms: u64,
+    /// hot-key: XFetch's β for the early-refresh configuration.
+    #[arg(long, default_value_t = 1.0)]
+    pub beta: f64,
 }
 
 #[derive(Serialize)]
@@ -110,13 +141,13 @@ struct OpResult {
     runs: Vec<RunResult>,
 }
 
-struct Target {
-    name: String,
-    url: String,
+pub struct Target {
+    pub name: String,
+    pub url: String,
     default_n: usize,
 }
 
-fn targets(args: &BenchArgs, file_dir: &std::path::Path) -> Result<Vec<Target>, CliError> {
+pub fn targets_for(args: &BenchArgs, file_dir: &std::path::Path) -> Result<Vec<Target>, CliError> {
     let mut extra = BTreeMap::new();
     for u in &args.urls {
         let (name, url) = u
@@ -157,6 +188,14 @@ fn targets(args: &BenchArgs, file_dir: &std::path::Path) -> Result<Vec<Target>, 
 }
 
 pub fn run(args: BenchArgs) -> Result<(), CliError> {
+    if let Some(scenario) = args.scenario {
+        if args.clients == 0 || args.rounds == 0 || args.processes == 0 || args.ttl_secs == 0 {
+            return Err(CliError::usage(
+                "--clients, --rounds, --processes and --ttl-secs must be at least 1",
+            ));
+        }
+        return crate::scenario::run(&args, scenario);
+    }
     if args.repeat == 0 {
         return Err(CliError::usage("--repeat must be at least 1"));
     }
@@ -176,7 +215,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         .collect::<Result<_, _>>()?;
     let temp_dir = std::env::temp_dir().join(format!("larder-bench-{}", std::process::id()));
     let file_dir = args.file_dir.clone().unwrap_or_else(|| temp_dir.clone());
-    let targets = targets(&args, &file_dir)?;
+    let targets = targets_for(&args, &file_dir)?;
     // One thread, like the Django harness; blocking file I/O still goes to
     // tokio's blocking pool, as it does in an application.
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -232,17 +271,22 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
         "ops": ops,
         "results": results,
     });
-    if let Some(parent) = args.out.parent() {
+    write_json(&args.out, &doc)
+}
+
+/// Writes a results document, creating its directory.
+pub fn write_json(out: &std::path::Path, doc: &serde_json::Value) -> Result<(), CliError> {
+    if let Some(parent) = out.parent() {
         if !parent.as_os_str().is_empty() {
             std::fs::create_dir_all(parent).map_err(|e| {
                 CliError::failed(format!("cannot create {}: {e}", parent.display()))
             })?;
         }
     }
-    let text = serde_json::to_string_pretty(&doc).unwrap_or_default();
-    std::fs::write(&args.out, text + "\n")
-        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", args.out.display())))?;
-    eprintln!("# wrote {}", args.out.display());
+    let text = serde_json::to_string_pretty(doc).unwrap_or_default();
+    std::fs::write(out, text + "\n")
+        .map_err(|e| CliError::failed(format!("cannot write {}: {e}", out.display())))?;
+    eprintln!("# wrote {}", out.display());
     Ok(())
 }
 
@@ -495,7 +539,7 @@ fn print_table(
     }
 }
 
-fn utc(t: SystemTime) -> String {
+pub fn utc(t: SystemTime) -> String {
     let secs = t
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -515,7 +559,7 @@ fn utc(t: SystemTime) -> String {
     format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
 }
 
-fn machine() -> serde_json::Value {
+pub fn machine() -> serde_json::Value {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -2,6 +2,7 @@
 
 mod bench;
 mod createcachetable;
+mod scenario;
 
 use std::process::ExitCode;
 

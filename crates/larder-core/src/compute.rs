@@ -657,7 +657,33 @@ impl Cache {
                 )
                 .await;
             match grant {
-                Ok(LeaseGrant::Won(lease)) => return LeaseWait::Compute(Some(lease)),
+                Ok(LeaseGrant::Won(lease)) => {
+                    // The previous holder may have filled and released just
+                    // before we asked: then the value is there now.
+                    let raw = self.read_skey(key, skey).await;
+                    if raw != *seen {
+                        let fresh = self.classify::<T>(
+                            key,
+                            raw.clone(),
+                            &opts.no_early_refresh(),
+                            unix_ms(),
+                        );
+                        if let (Lookup::Fresh(v), Some(raw)) = (fresh, raw) {
+                            if let Err(e) = self
+                                .call(self.inner.backend.lease_release(skey, &lease))
+                                .await
+                            {
+                                self.log_fail_open(
+                                    key,
+                                    &e,
+                                    "could not release the lease; it will lapse",
+                                );
+                            }
+                            return LeaseWait::Done(v, raw);
+                        }
+                    }
+                    return LeaseWait::Compute(Some(lease));
+                }
                 Err(e) => {
                     self.log_fail_open(key, &e, "could not take the lease; computing without it");
                     return LeaseWait::Compute(None);
@@ -680,7 +706,9 @@ impl Cache {
             let jitter = Duration::from_micros(fastrand::u64(0..=delay.as_micros() as u64 / 2));
             let left = opts.lease_ttl.saturating_sub(started.elapsed());
             tokio::time::sleep((delay + jitter).min(left)).await;
-            delay = (delay * 2).min(Duration::from_millis(200));
+            // Capped low: waiters should see the holder's value soon after
+            // it lands, and a GET every 50 ms per waiting process is cheap.
+            delay = (delay * 2).min(Duration::from_millis(50));
             let raw = self.read_skey(key, skey).await;
             if raw != *seen {
                 match self.classify::<T>(key, raw.clone(), &opts.no_early_refresh(), unix_ms()) {
