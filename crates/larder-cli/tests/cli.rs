@@ -117,3 +117,54 @@ fn bench_writes_django_compatible_json() {
     assert_eq!(doc["ops"].as_array().unwrap().len(), 6);
     assert!(doc["config"]["value_bytes"] == 100);
 }
+
+/// The herd scenarios report one origin call per expiry, in one process
+/// and across processes sharing Redis, in stampede.py's JSON shape.
+#[test]
+fn herd_scenarios_report_one_origin_call_per_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    for (scenario, backends, extra) in [
+        ("herd", "mem", vec![]),
+        (
+            "multi-process-herd",
+            "redis",
+            vec![
+                "--processes",
+                "2",
+                "--url",
+                "redis=redis://127.0.0.1:6379/0",
+            ],
+        ),
+    ] {
+        let out_path = dir.path().join(format!("{scenario}.json"));
+        let mut args = vec![
+            "bench",
+            "--scenario",
+            scenario,
+            "--backends",
+            backends,
+            "--clients",
+            "10",
+            "--rounds",
+            "2",
+            "--origin-ms",
+            "100",
+            "--out",
+            out_path.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = larder(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&out_path).unwrap()).unwrap();
+        let r = &doc["results"][0];
+        assert_eq!(r["backend"], backends, "{doc}");
+        assert_eq!(r["origin_calls_per_expiry_max"], 1, "{scenario}: {r}");
+        assert_eq!(r["errors"].as_array().map(Vec::len), Some(0));
+        assert!(r["latency_ms"]["p99"].as_f64().unwrap() >= 100.0);
+    }
+}

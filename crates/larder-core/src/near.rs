@@ -497,6 +497,121 @@ impl Backend for NearBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    /// A map whose reads can be held back, to interleave them with
+    /// invalidations.
+    #[derive(Default)]
+    struct SlowMap {
+        map: Mutex<HashMap<String, Bytes>>,
+        read_delay_ms: AtomicU64,
+    }
+
+    #[async_trait]
+    impl Backend for SlowMap {
+        fn name(&self) -> &'static str {
+            "slowmap"
+        }
+        fn capabilities(&self) -> Capabilities {
+            Capabilities::NONE.with_prefix_clear(true)
+        }
+        async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+            let v = self.map.lock().unwrap().get(key).cloned();
+            let d = self.read_delay_ms.load(Ordering::SeqCst);
+            if d > 0 {
+                tokio::time::sleep(Duration::from_millis(d)).await;
+            }
+            Ok(v)
+        }
+        async fn set(&self, key: &str, value: Bytes, _ttl: Expiry) -> Result<()> {
+            self.map.lock().unwrap().insert(key.to_owned(), value);
+            Ok(())
+        }
+        async fn add(&self, key: &str, value: Bytes, ttl: Expiry) -> Result<bool> {
+            if self.map.lock().unwrap().contains_key(key) {
+                return Ok(false);
+            }
+            self.set(key, value, ttl).await.map(|_| true)
+        }
+        async fn delete(&self, key: &str) -> Result<bool> {
+            Ok(self.map.lock().unwrap().remove(key).is_some())
+        }
+        async fn incr(&self, key: &str, _delta: i64) -> Result<i64> {
+            Err(Error::NotFound { key: key.into() })
+        }
+        async fn touch(&self, key: &str, _ttl: Expiry) -> Result<bool> {
+            Ok(self.map.lock().unwrap().contains_key(key))
+        }
+        async fn clear(&self, scope: ClearScope<'_>) -> Result<()> {
+            let mut m = self.map.lock().unwrap();
+            match scope {
+                ClearScope::All => m.clear(),
+                ClearScope::Prefix(p) => m.retain(|k, _| !k.starts_with(p)),
+            }
+            Ok(())
+        }
+    }
+
+    /// An invalidation that arrives while a read is fetching from L2 keeps
+    /// the (old) value it fetched out of L1.
+    #[tokio::test]
+    async fn an_invalidation_during_an_l2_read_wins() {
+        let l1 = Arc::new(SlowMap::default());
+        let l2 = Arc::new(SlowMap::default());
+        let near = Arc::new(
+            NearBackend::builder(l1.clone(), l2.clone())
+                .l1_ttl(Duration::from_secs(60))
+                .build()
+                .await
+                .unwrap(),
+        );
+        l2.set("k", Bytes::from_static(b"old"), Expiry::Never)
+            .await
+            .unwrap();
+        l2.read_delay_ms.store(100, Ordering::SeqCst);
+        let reader = {
+            let near = near.clone();
+            tokio::spawn(async move { near.get("k").await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        // Another process changed the key: its message arrives mid-read.
+        l2.map
+            .lock()
+            .unwrap()
+            .insert("k".into(), Bytes::from_static(b"new"));
+        near.shared
+            .apply(BusEvent::Message(BusMessage {
+                origin: near.shared.origin.wrapping_add(1),
+                invalidation: Invalidation::Key("k".into()),
+            }))
+            .await;
+        assert_eq!(reader.await.unwrap().as_deref(), Some(&b"old"[..]));
+        assert_eq!(
+            l1.map.lock().unwrap().get("k"),
+            None,
+            "the old value was put in L1"
+        );
+        l2.read_delay_ms.store(0, Ordering::SeqCst);
+        assert_eq!(near.get("k").await.unwrap().as_deref(), Some(&b"new"[..]));
+    }
+
+    /// A resubscription (messages may have been lost) empties L1.
+    #[tokio::test]
+    async fn a_resubscription_clears_l1() {
+        let l1 = Arc::new(SlowMap::default());
+        let near = NearBackend::builder(l1.clone(), Arc::new(SlowMap::default()))
+            .build()
+            .await
+            .unwrap();
+        near.set("a", Bytes::from_static(b"1"), Expiry::Never)
+            .await
+            .unwrap();
+        assert!(l1.map.lock().unwrap().contains_key("a"));
+        near.shared.apply(BusEvent::Resubscribed).await;
+        assert!(l1.map.lock().unwrap().is_empty());
+        assert_eq!(near.bus_events_applied(), 1);
+    }
 
     #[test]
     fn messages_round_trip() {
