@@ -594,7 +594,7 @@ impl Backend for MemcachedBackend {
         let secs = lease_secs(ttl);
         let n = format!("N{secs}");
         let mut req = Requests::new();
-        req.mg(key, &["c", "v", &n, "R2000000000"]);
+        req.mg(key, &["c", "v", "t", &n, "R2000000000"]);
         let (data, flags) = match inner.one(i, &req).await? {
             Response::Va(d, f) => (d, f),
             Response::Hd(f) => (Bytes::new(), f),
@@ -607,6 +607,24 @@ impl Backend for MemcachedBackend {
         let mut cas = flags
             .cas
             .ok_or_else(|| Error::backend(NAME, "mg with c returned no CAS"))?;
+        if !is_placeholder(&data, &flags) && seen.as_deref() != Some(&data[..]) {
+            // We won an item that changed since the caller read it: someone
+            // just filled it, and the caller will read that value. Give the
+            // win back (re-store it unchanged, same TTL, under its CAS) so
+            // its own expiry can be won later.
+            let t = match flags.ttl {
+                None | Some(-1) => "T0".to_owned(),
+                Some(t) => format!("T{}", t.max(1)),
+            };
+            let c = format!("C{cas}");
+            let mut unwin = Requests::new();
+            unwin.ms(key, &data, &[&t, &c]);
+            match inner.one(i, &unwin).await? {
+                Response::Hd(_) | Response::Ex | Response::Nf | Response::Ns => {}
+                other => return Err(unexpected(&inner.servers[i].addr, &other)),
+            }
+            return Ok(LeaseGrant::Held);
+        }
         if !is_placeholder(&data, &flags) {
             let t = format!("T{secs}");
             let mut touch = Requests::new();

@@ -1454,6 +1454,17 @@ pub async fn lease_protocol(ctx: &Ctx) {
         b.lease_acquire(&skey, ttl, None).await.unwrap(),
         LeaseGrant::Won(_)
     ));
+    // Asking for the lease on an entry that was filled since the caller
+    // read it (a lost race), then giving it back, leaves the entry alone.
+    b.set(&skey, v("fresh"), exp).await.unwrap();
+    if let LeaseGrant::Won(l5) = b.lease_acquire(&skey, ttl, None).await.unwrap() {
+        b.lease_release(&skey, &l5).await.unwrap();
+    }
+    assert_eq!(
+        b.get(&skey).await.unwrap(),
+        Some(v("fresh")),
+        "a lease took a filled entry away"
+    );
     // Leases are cleared with their prefix.
     c.clear().await.unwrap();
     assert!(matches!(
