@@ -1,0 +1,123 @@
+//! What is stored: a response with what its freshness and matching need.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::{Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+/// The value under a URL's primary key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) enum Stored {
+    /// The response, when it has no Vary.
+    Response(Entry),
+    /// The response varies on these request headers; variants are stored
+    /// under keys that include `generation`, which changes on every new
+    /// index so an invalidated URL's old variants can never match again.
+    Vary { names: Vec<String>, generation: u64 },
+}
+
+/// One stored response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct Entry {
+    pub status: u16,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+    /// When it was received, unix ms.
+    pub stored_at_ms: u64,
+    /// When the request that produced it started, unix ms (tag purges
+    /// after that instant make it invalid).
+    pub requested_at_ms: u64,
+    /// Age the origin or an upstream cache reported, seconds.
+    pub initial_age: u64,
+    pub lifetime_ms: u64,
+    /// May be served stale while revalidating, for this long.
+    pub swr_ms: u64,
+    /// May be served stale when the origin fails, for this long.
+    pub sie_ms: u64,
+    pub vary: Vec<String>,
+    pub vary_values: Vec<Option<Vec<u8>>>,
+    pub tags: Vec<String>,
+}
+
+impl Entry {
+    /// Current age in seconds (RFC 9111 §4.2.3, simplified: the upstream's
+    /// Age plus the time it has been stored here).
+    pub fn age(&self, now_ms: u64) -> Duration {
+        Duration::from_secs(self.initial_age)
+            + Duration::from_millis(now_ms.saturating_sub(self.stored_at_ms))
+    }
+
+    pub fn lifetime(&self) -> Duration {
+        Duration::from_millis(self.lifetime_ms)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_slice())
+    }
+
+    pub fn header_str(&self, name: &str) -> Option<&str> {
+        self.header(name).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    pub fn has_validators(&self) -> bool {
+        self.header("etag").is_some() || self.header("last-modified").is_some()
+    }
+
+    pub fn header_map(&self) -> HeaderMap {
+        let mut h = HeaderMap::with_capacity(self.headers.len() + 1);
+        for (n, v) in &self.headers {
+            if let (Ok(n), Ok(v)) = (
+                HeaderName::from_bytes(n.as_bytes()),
+                HeaderValue::from_bytes(v),
+            ) {
+                h.append(n, v);
+            }
+        }
+        h
+    }
+
+    /// The stored response, with `Age` set; without a body for HEAD.
+    pub fn response(&self, now_ms: u64, with_body: bool) -> Response<Bytes> {
+        let mut r = Response::new(if with_body {
+            Bytes::copy_from_slice(&self.body)
+        } else {
+            Bytes::new()
+        });
+        *r.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::OK);
+        *r.headers_mut() = self.header_map();
+        r.headers_mut().insert(
+            http::header::AGE,
+            HeaderValue::from(self.age(now_ms).as_secs()),
+        );
+        r
+    }
+
+    /// RFC 9111 §4.3.4: a 304 from the origin refreshes the stored headers.
+    pub fn update_from_304(&mut self, headers: &HeaderMap) {
+        for name in headers.keys() {
+            let n = name.as_str();
+            if matches!(
+                n,
+                "content-length" | "content-encoding" | "transfer-encoding" | "content-range"
+            ) {
+                continue;
+            }
+            self.headers.retain(|(k, _)| !k.eq_ignore_ascii_case(n));
+        }
+        for (name, value) in headers {
+            let n = name.as_str();
+            if matches!(
+                n,
+                "content-length" | "content-encoding" | "transfer-encoding" | "content-range"
+            ) {
+                continue;
+            }
+            self.headers.push((n.to_owned(), value.as_bytes().to_vec()));
+        }
+    }
+}

@@ -1,0 +1,490 @@
+//! RFC 9111 rules for a shared cache: Cache-Control parsing, what may be
+//! stored, how long it is fresh, and which stored response a request may use.
+
+use std::time::{Duration, SystemTime};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::{Method, StatusCode};
+
+/// The Cache-Control directives a shared cache acts on (RFC 9111 §5.2,
+/// RFC 5861). Directive names are case-insensitive; several Cache-Control
+/// headers combine.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheControl {
+    /// `no-store`.
+    pub no_store: bool,
+    /// `no-cache` (also with field names: treated as unqualified).
+    pub no_cache: bool,
+    /// `private` (also with field names: a shared cache stores nothing).
+    pub private: bool,
+    /// `public`.
+    pub public: bool,
+    /// `must-revalidate`.
+    pub must_revalidate: bool,
+    /// `proxy-revalidate`.
+    pub proxy_revalidate: bool,
+    /// `max-age`, seconds (an unparsable value reads as 0: stale).
+    pub max_age: Option<u64>,
+    /// `s-maxage`, seconds.
+    pub s_maxage: Option<u64>,
+    /// `stale-while-revalidate`, seconds (RFC 5861).
+    pub stale_while_revalidate: Option<u64>,
+    /// `stale-if-error`, seconds (RFC 5861).
+    pub stale_if_error: Option<u64>,
+    /// `only-if-cached` (requests).
+    pub only_if_cached: bool,
+    /// `min-fresh` (requests).
+    pub min_fresh: Option<u64>,
+}
+
+/// RFC 9111 §1.2.2: delta-seconds above 2^31 are 2^31.
+const MAX_DELTA: u64 = 1 << 31;
+
+fn delta(v: Option<&str>) -> u64 {
+    v.map(|s| s.trim().trim_matches('"'))
+        .and_then(|s| {
+            if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Some(s.parse::<u64>().unwrap_or(MAX_DELTA).min(MAX_DELTA))
+        })
+        .unwrap_or(0)
+}
+
+impl CacheControl {
+    /// Parses every Cache-Control header of `headers`. Unknown directives
+    /// are ignored; a header that is not text counts as `no-store`, the
+    /// safe reading of something we cannot read.
+    pub fn parse(headers: &HeaderMap) -> CacheControl {
+        let mut cc = CacheControl::default();
+        for value in headers.get_all(header::CACHE_CONTROL) {
+            let Ok(text) = value.to_str() else {
+                cc.no_store = true;
+                continue;
+            };
+            for directive in split_directives(text) {
+                let (name, arg) = match directive.split_once('=') {
+                    Some((n, a)) => (n.trim(), Some(a.trim())),
+                    None => (directive.trim(), None),
+                };
+                match name.to_ascii_lowercase().as_str() {
+                    "no-store" => cc.no_store = true,
+                    "no-cache" => cc.no_cache = true,
+                    "private" => cc.private = true,
+                    "public" => cc.public = true,
+                    "must-revalidate" => cc.must_revalidate = true,
+                    "proxy-revalidate" => cc.proxy_revalidate = true,
+                    "max-age" => cc.max_age = Some(delta(arg)),
+                    "s-maxage" => cc.s_maxage = Some(delta(arg)),
+                    "stale-while-revalidate" => cc.stale_while_revalidate = Some(delta(arg)),
+                    "stale-if-error" => cc.stale_if_error = Some(delta(arg)),
+                    "only-if-cached" => cc.only_if_cached = true,
+                    "min-fresh" => cc.min_fresh = Some(delta(arg)),
+                    _ => {}
+                }
+            }
+        }
+        cc
+    }
+
+    /// Stale responses may not be served without revalidation
+    /// (`must-revalidate`, `proxy-revalidate`, or `s-maxage` in a shared
+    /// cache, RFC 9111 §5.2.2.10).
+    pub fn forbids_stale(&self) -> bool {
+        self.must_revalidate || self.proxy_revalidate || self.s_maxage.is_some()
+    }
+}
+
+/// Splits on commas outside quoted strings.
+fn split_directives(text: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => {
+                out.push(&text[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push(&text[start..]);
+    out.into_iter().filter(|d| !d.trim().is_empty()).collect()
+}
+
+/// Statuses a cache may store with heuristic freshness (RFC 9110 §15.1).
+pub fn heuristically_cacheable(status: StatusCode) -> bool {
+    matches!(
+        status.as_u16(),
+        200 | 203 | 204 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+/// Safe methods (RFC 9110 §9.2.1); any other method invalidates (RFC 9111 §4.4).
+pub fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Why a response is not stored (for logs and the `x-cache` debug header).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotStored {
+    /// Only GET responses are stored.
+    Method,
+    /// The status is not cacheable without explicit freshness.
+    Status,
+    /// `Cache-Control: no-store` on the request or the response.
+    NoStore,
+    /// `Cache-Control: private`.
+    Private,
+    /// The request carried `Authorization`.
+    Authorization,
+    /// The response sets a cookie (allowed with `cache_set_cookie`).
+    SetCookie,
+    /// `Vary: *`: no later request can match.
+    VaryStar,
+    /// No freshness information and no default TTL.
+    NoFreshness,
+    /// The body is streamed or larger than the limit.
+    Body,
+}
+
+/// The layer's settings that the rules depend on.
+#[derive(Debug, Clone)]
+pub struct Rules {
+    /// Freshness for responses that give none (and may be stored
+    /// heuristically); `None`: only explicit freshness.
+    pub default_ttl: Option<Duration>,
+    /// Store responses that set cookies.
+    pub cache_set_cookie: bool,
+    /// Serve stale for this long past freshness while revalidating, when
+    /// the response does not forbid it.
+    pub grace: Duration,
+}
+
+/// RFC 9111 §3: may a shared cache store this response to this request?
+/// Returns the freshness lifetime when it may.
+pub fn storable(
+    rules: &Rules,
+    method: &Method,
+    req_headers: &HeaderMap,
+    status: StatusCode,
+    res_headers: &HeaderMap,
+) -> Result<Duration, NotStored> {
+    if *method != Method::GET {
+        return Err(NotStored::Method);
+    }
+    let req_cc = CacheControl::parse(req_headers);
+    let cc = CacheControl::parse(res_headers);
+    if req_cc.no_store || cc.no_store {
+        return Err(NotStored::NoStore);
+    }
+    if cc.private {
+        return Err(NotStored::Private);
+    }
+    if req_headers.contains_key(header::AUTHORIZATION) {
+        return Err(NotStored::Authorization);
+    }
+    if !rules.cache_set_cookie && res_headers.contains_key(header::SET_COOKIE) {
+        return Err(NotStored::SetCookie);
+    }
+    if vary_names(res_headers).is_none() {
+        return Err(NotStored::VaryStar);
+    }
+    if status.is_informational()
+        || status == StatusCode::PARTIAL_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Err(NotStored::Status);
+    }
+    if let Some(lifetime) = explicit_lifetime(&cc, res_headers) {
+        return Ok(lifetime);
+    }
+    if !(heuristically_cacheable(status) || cc.public) {
+        return Err(NotStored::Status);
+    }
+    if let Some(ttl) = rules.default_ttl {
+        return Ok(ttl);
+    }
+    // RFC 9111 §4.2.2: a fraction of the time since Last-Modified.
+    if let (Some(date), Some(modified)) = (
+        header_date(res_headers, &header::DATE).or(Some(SystemTime::now())),
+        header_date(res_headers, &header::LAST_MODIFIED),
+    ) {
+        if let Ok(age) = date.duration_since(modified) {
+            let h = (age / 10).min(Duration::from_secs(86_400));
+            if !h.is_zero() {
+                return Ok(h);
+            }
+        }
+    }
+    if cc.public || cc.no_cache {
+        // Storable, but stale at once: it is revalidated on every use.
+        return Ok(Duration::ZERO);
+    }
+    Err(NotStored::NoFreshness)
+}
+
+/// s-maxage, then max-age, then Expires − Date (RFC 9111 §4.2.1). A
+/// response with `no-cache` is stale at once.
+fn explicit_lifetime(cc: &CacheControl, h: &HeaderMap) -> Option<Duration> {
+    if cc.no_cache {
+        return Some(Duration::ZERO);
+    }
+    if let Some(s) = cc.s_maxage.or(cc.max_age) {
+        return Some(Duration::from_secs(s));
+    }
+    let expires = h.get(header::EXPIRES)?;
+    // An invalid Expires (e.g. "0") means already expired.
+    let Some(expires) = expires
+        .to_str()
+        .ok()
+        .and_then(|s| httpdate::parse_http_date(s).ok())
+    else {
+        return Some(Duration::ZERO);
+    };
+    let date = header_date(h, &header::DATE).unwrap_or_else(SystemTime::now);
+    Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
+}
+
+/// A date header, if present and valid.
+pub fn header_date(h: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
+    h.get(name)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| httpdate::parse_http_date(s).ok())
+}
+
+/// The Vary header's field names, lowercased and sorted; `None` for `*`
+/// (or a header that is not text), which no request can match.
+pub fn vary_names(h: &HeaderMap) -> Option<Vec<String>> {
+    let mut names = Vec::new();
+    for v in h.get_all(header::VARY) {
+        let Ok(text) = v.to_str() else { return None };
+        for name in text.split(',') {
+            let name = name.trim();
+            if name == "*" {
+                return None;
+            }
+            if !name.is_empty() {
+                names.push(name.to_ascii_lowercase());
+            }
+        }
+    }
+    names.sort();
+    names.dedup();
+    Some(names)
+}
+
+/// The request's values of the Vary'd headers: `None` for an absent header
+/// (distinct from an empty one), several values joined in order.
+pub fn vary_values(names: &[String], req: &HeaderMap) -> Vec<Option<Vec<u8>>> {
+    names
+        .iter()
+        .map(|n| {
+            let mut values = req.get_all(n.as_str()).iter().peekable();
+            values.peek()?;
+            let mut joined = Vec::new();
+            for (i, v) in values.enumerate() {
+                if i > 0 {
+                    joined.extend_from_slice(b", ");
+                }
+                joined.extend_from_slice(v.as_bytes());
+            }
+            Some(joined)
+        })
+        .collect()
+}
+
+/// Weak comparison of entity tags for If-None-Match (RFC 9110 §13.1.2).
+pub fn etag_matches(if_none_match: &str, etag: &str) -> bool {
+    let strip = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+    let etag = strip(etag);
+    if_none_match.trim() == "*" || if_none_match.split(',').any(|t| strip(t) == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn rules() -> Rules {
+        Rules {
+            default_ttl: None,
+            cache_set_cookie: false,
+            grace: Duration::ZERO,
+        }
+    }
+
+    fn store(
+        req: &[(&str, &str)],
+        status: u16,
+        res: &[(&str, &str)],
+    ) -> Result<Duration, NotStored> {
+        storable(
+            &rules(),
+            &Method::GET,
+            &headers(req),
+            StatusCode::from_u16(status).unwrap(),
+            &headers(res),
+        )
+    }
+
+    #[test]
+    fn directives_are_case_insensitive_and_combine() {
+        let cc = CacheControl::parse(&headers(&[
+            ("cache-control", "PRIVATE, Max-Age=60"),
+            ("cache-control", "s-maxage=\"30\", no-cache=\"set-cookie\""),
+        ]));
+        assert!(cc.private && cc.no_cache);
+        assert_eq!((cc.max_age, cc.s_maxage), (Some(60), Some(30)));
+        assert_eq!(
+            CacheControl::parse(&headers(&[("cache-control", "max-age=abc")])).max_age,
+            Some(0)
+        );
+        assert_eq!(
+            CacheControl::parse(&headers(&[("cache-control", "max-age=99999999999999")])).max_age,
+            Some(MAX_DELTA)
+        );
+    }
+
+    #[test]
+    fn privacy_regressions_are_not_stored() {
+        // Django's middleware stored these at one point or another.
+        assert_eq!(
+            store(&[], 200, &[("cache-control", "PRIVATE, max-age=60")]),
+            Err(NotStored::Private)
+        );
+        assert_eq!(
+            store(
+                &[],
+                200,
+                &[("cache-control", "max-age=60"), ("set-cookie", "s=1")]
+            ),
+            Err(NotStored::SetCookie)
+        );
+        assert_eq!(
+            store(&[], 200, &[("cache-control", "max-age=60"), ("vary", "*")]),
+            Err(NotStored::VaryStar)
+        );
+        assert_eq!(
+            store(
+                &[("authorization", "Bearer x")],
+                200,
+                &[("cache-control", "max-age=60")]
+            ),
+            Err(NotStored::Authorization)
+        );
+        assert_eq!(
+            store(
+                &[("cache-control", "no-store")],
+                200,
+                &[("cache-control", "max-age=60")]
+            ),
+            Err(NotStored::NoStore)
+        );
+    }
+
+    #[test]
+    fn freshness_comes_from_s_maxage_max_age_expires_then_heuristics() {
+        assert_eq!(
+            store(&[], 200, &[("cache-control", "max-age=60, s-maxage=5")]),
+            Ok(Duration::from_secs(5))
+        );
+        assert_eq!(
+            store(&[], 200, &[("cache-control", "max-age=60")]),
+            Ok(Duration::from_secs(60))
+        );
+        assert_eq!(
+            store(
+                &[],
+                200,
+                &[
+                    ("date", "Thu, 26 Nov 2026 10:00:00 GMT"),
+                    ("expires", "Thu, 26 Nov 2026 10:02:00 GMT")
+                ]
+            ),
+            Ok(Duration::from_secs(120))
+        );
+        assert_eq!(store(&[], 200, &[("expires", "0")]), Ok(Duration::ZERO));
+        assert_eq!(
+            store(
+                &[],
+                200,
+                &[
+                    ("date", "Thu, 26 Nov 2026 10:00:00 GMT"),
+                    ("last-modified", "Thu, 26 Nov 2026 09:00:00 GMT")
+                ]
+            ),
+            Ok(Duration::from_secs(360))
+        );
+        assert_eq!(store(&[], 200, &[]), Err(NotStored::NoFreshness));
+        // Not heuristically cacheable: only with explicit freshness.
+        assert_eq!(store(&[], 302, &[]), Err(NotStored::Status));
+        assert_eq!(
+            store(&[], 302, &[("cache-control", "max-age=10")]),
+            Ok(Duration::from_secs(10))
+        );
+        let with_default = Rules {
+            default_ttl: Some(Duration::from_secs(300)),
+            ..rules()
+        };
+        assert_eq!(
+            storable(
+                &with_default,
+                &Method::GET,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &HeaderMap::new()
+            ),
+            Ok(Duration::from_secs(300))
+        );
+        assert_eq!(
+            storable(
+                &with_default,
+                &Method::POST,
+                &HeaderMap::new(),
+                StatusCode::OK,
+                &HeaderMap::new()
+            ),
+            Err(NotStored::Method)
+        );
+    }
+
+    #[test]
+    fn absent_and_empty_vary_values_differ() {
+        let names = vec!["accept-language".to_owned()];
+        let absent = vary_values(&names, &HeaderMap::new());
+        let empty = vary_values(&names, &headers(&[("accept-language", "")]));
+        assert_eq!(absent, vec![None]);
+        assert_eq!(empty, vec![Some(Vec::new())]);
+        assert_ne!(absent, empty);
+        assert_eq!(
+            vary_names(&headers(&[("vary", "Accept-Encoding, cookie")])),
+            Some(vec!["accept-encoding".into(), "cookie".into()])
+        );
+    }
+
+    #[test]
+    fn etags_compare_weakly() {
+        assert!(etag_matches("\"a\", W/\"b\"", "\"b\""));
+        assert!(etag_matches("*", "\"x\""));
+        assert!(!etag_matches("\"a\"", "\"b\""));
+    }
+}

@@ -1,0 +1,446 @@
+//! Behaviour of the cache layer around a real axum router, per RFC 9111
+//! section, plus the privacy regressions Django's middleware had.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use http_body_util::BodyExt;
+use larder_core::Cache;
+use larder_http::{cache_page, HttpCache};
+use tower::ServiceExt;
+
+fn store() -> Cache {
+    Cache::builder(larder_mem::MemBackend::default())
+        .build()
+        .unwrap()
+}
+
+/// A router whose one route answers with `headers`, counting calls.
+fn app(
+    http: &HttpCache,
+    calls: Arc<AtomicU32>,
+    headers: &'static [(&'static str, &'static str)],
+) -> Router {
+    Router::new()
+        .route(
+            "/page",
+            get(move || {
+                let calls = calls.clone();
+                async move {
+                    let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                    let mut r = format!("body {n}").into_response();
+                    for (k, v) in headers {
+                        r.headers_mut().append(*k, HeaderValue::from_static(v));
+                    }
+                    r
+                }
+            })
+            .post(|| async { "posted" }),
+        )
+        .layer(http.layer())
+}
+
+async fn send(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
+    let res: Response = app.clone().oneshot(req).await.unwrap();
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await.unwrap().to_bytes();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn get_req(path: &str) -> Request<Body> {
+    Request::builder()
+        .uri(path)
+        .header("host", "example.com")
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn with(path: &str, k: &str, v: &str) -> Request<Body> {
+    Request::builder()
+        .uri(path)
+        .header("host", "example.com")
+        .header(k, v)
+        .body(Body::empty())
+        .unwrap()
+}
+
+fn status(h: &HeaderMap) -> &str {
+    h.get("x-larder-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn a_fresh_response_is_served_from_the_cache_with_age() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
+    let (_, h1, b1) = send(&app, get_req("/page")).await;
+    let (s2, h2, b2) = send(&app, get_req("/page")).await;
+    assert_eq!((status(&h1), status(&h2)), ("MISS", "HIT"));
+    assert_eq!(
+        (b1.as_str(), b2.as_str(), s2),
+        ("body 1", "body 1", StatusCode::OK)
+    );
+    assert!(h2.contains_key("age"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn privacy_regressions_are_never_shared() {
+    for headers in [
+        &[
+            ("cache-control", "max-age=60"),
+            ("set-cookie", "session=alice"),
+        ][..],
+        &[("cache-control", "max-age=60"), ("vary", "*")][..],
+        &[("cache-control", "PRIVATE, max-age=60")][..],
+        &[("cache-control", "no-store, max-age=60")][..],
+    ] {
+        let http = HttpCache::builder(store())
+            .default_ttl(Some(Duration::from_secs(60)))
+            .build();
+        let calls = Arc::new(AtomicU32::new(0));
+        let headers: &'static [(&'static str, &'static str)] =
+            Box::leak(headers.to_vec().into_boxed_slice());
+        let app = app(&http, calls.clone(), headers);
+        send(&app, get_req("/page")).await;
+        let (_, _, b) = send(&app, get_req("/page")).await;
+        assert_eq!(b, "body 2", "{headers:?} was served from the cache");
+    }
+    // A request with Authorization neither reads nor fills the cache.
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
+    send(&app, get_req("/page")).await;
+    let (_, h, b) = send(&app, with("/page", "authorization", "Bearer bob")).await;
+    assert_eq!((status(&h), b.as_str()), ("BYPASS", "body 2"));
+}
+
+#[tokio::test]
+async fn vary_matches_only_equal_headers_and_absent_differs_from_empty() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(
+        &http,
+        calls.clone(),
+        &[("cache-control", "max-age=60"), ("vary", "Accept-Language")],
+    );
+    let (_, _, absent) = send(&app, get_req("/page")).await;
+    let (_, _, empty) = send(&app, with("/page", "accept-language", "")).await;
+    let (_, _, fr) = send(&app, with("/page", "accept-language", "fr")).await;
+    assert_eq!(
+        (absent.as_str(), empty.as_str(), fr.as_str()),
+        ("body 1", "body 2", "body 3")
+    );
+    let (_, h, again) = send(&app, get_req("/page")).await;
+    assert_eq!((status(&h), again.as_str()), ("HIT", "body 1"));
+    let (_, _, fr2) = send(&app, with("/page", "accept-language", "fr")).await;
+    assert_eq!(fr2, "body 3");
+}
+
+#[tokio::test]
+async fn head_is_answered_from_a_stored_get() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
+    send(&app, get_req("/page")).await;
+    let head = Request::builder()
+        .method("HEAD")
+        .uri("/page")
+        .header("host", "example.com")
+        .body(Body::empty())
+        .unwrap();
+    let (s, h, b) = send(&app, head).await;
+    assert_eq!((s, status(&h), b.as_str()), (StatusCode::OK, "HIT", ""));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn conditional_requests_get_304_from_the_cache() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(
+        &http,
+        calls.clone(),
+        &[
+            ("cache-control", "max-age=60"),
+            ("etag", "\"v1\""),
+            ("last-modified", "Thu, 26 Nov 2026 10:00:00 GMT"),
+        ],
+    );
+    send(&app, get_req("/page")).await;
+    let (s, h, b) = send(&app, with("/page", "if-none-match", "W/\"v1\"")).await;
+    assert_eq!((s, b.as_str()), (StatusCode::NOT_MODIFIED, ""));
+    assert_eq!(h["etag"], "\"v1\"");
+    let (s, _, _) = send(
+        &app,
+        with(
+            "/page",
+            "if-modified-since",
+            "Thu, 26 Nov 2026 11:00:00 GMT",
+        ),
+    )
+    .await;
+    assert_eq!(s, StatusCode::NOT_MODIFIED);
+    let (s, _, b) = send(&app, with("/page", "if-none-match", "\"other\"")).await;
+    assert_eq!((s, b.as_str()), (StatusCode::OK, "body 1"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_stale_response_is_revalidated_and_a_304_refreshes_it() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(move |headers: HeaderMap| {
+                let c = c.clone();
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    if headers.get("if-none-match").is_some_and(|v| v == "\"v1\"") {
+                        return (
+                            StatusCode::NOT_MODIFIED,
+                            [("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+                        )
+                            .into_response();
+                    }
+                    (
+                        [("cache-control", "max-age=1"), ("etag", "\"v1\"")],
+                        "original",
+                    )
+                        .into_response()
+                }
+            }),
+        )
+        .layer(http.layer());
+    send(&app, get_req("/page")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, h, b) = send(&app, get_req("/page")).await;
+    assert_eq!(
+        (s, status(&h), b.as_str()),
+        (StatusCode::OK, "REVALIDATED", "original")
+    );
+    let (_, h, _) = send(&app, get_req("/page")).await;
+    assert_eq!(status(&h), "HIT", "the 304 refreshed the entry");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn unsafe_methods_invalidate_their_url() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
+    send(&app, get_req("/page")).await;
+    let post = Request::builder()
+        .method("POST")
+        .uri("/page")
+        .header("host", "example.com")
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, _) = send(&app, post).await;
+    assert_eq!(s, StatusCode::OK);
+    let (_, h, b) = send(&app, get_req("/page")).await;
+    assert_eq!((status(&h), b.as_str()), ("MISS", "body 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_make_one_origin_request() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let c = c.clone();
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    ([("cache-control", "max-age=60")], "slow page")
+                }
+            }),
+        )
+        .layer(http.layer());
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(
+            async move { send(&app, get_req("/slow")).await.2 },
+        ));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), "slow page");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_serves_stale_and_refreshes_in_the_background() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(
+        &http,
+        calls.clone(),
+        &[("cache-control", "max-age=1, stale-while-revalidate=30")],
+    );
+    send(&app, get_req("/page")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (_, h, b) = send(&app, get_req("/page")).await;
+    assert_eq!((status(&h), b.as_str()), ("STALE", "body 1"));
+    let mut refreshed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let (_, h, b) = send(&app, get_req("/page")).await;
+        if status(&h) == "HIT" && b == "body 2" {
+            refreshed = true;
+            break;
+        }
+    }
+    assert!(
+        refreshed,
+        "the background revalidation never stored the new response"
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn stale_if_error_hides_a_failing_origin() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(move || {
+                let c = c.clone();
+                async move {
+                    if c.fetch_add(1, Ordering::SeqCst) == 0 {
+                        ([("cache-control", "max-age=1, stale-if-error=60")], "good")
+                            .into_response()
+                    } else {
+                        (StatusCode::INTERNAL_SERVER_ERROR, "boom").into_response()
+                    }
+                }
+            }),
+        )
+        .layer(http.layer());
+    send(&app, get_req("/page")).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, h, b) = send(&app, get_req("/page")).await;
+    assert_eq!(
+        (s, status(&h), b.as_str()),
+        (StatusCode::OK, "STALE", "good")
+    );
+}
+
+#[tokio::test]
+async fn tags_are_stripped_and_purge_removes_tagged_responses() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(
+        &http,
+        calls.clone(),
+        &[
+            ("cache-control", "max-age=60"),
+            ("cache-tag", "post:42 user:7"),
+        ],
+    );
+    let (_, h, _) = send(&app, get_req("/page")).await;
+    assert!(!h.contains_key("cache-tag"), "tags leave the server");
+    let (_, h, _) = send(&app, get_req("/page")).await;
+    assert_eq!(status(&h), "HIT");
+    http.purge_tag("user:7").await.unwrap();
+    // Purges are by time, to the millisecond: a request in the purge's own
+    // millisecond counts as before it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let (_, h, b) = send(&app, get_req("/page")).await;
+    assert_eq!((status(&h), b.as_str()), ("MISS", "body 2"));
+    let (_, h, _) = send(&app, get_req("/page")).await;
+    assert_eq!(status(&h), "HIT", "stored again after the purge");
+}
+
+#[tokio::test]
+async fn streamed_and_oversized_bodies_pass_through_uncached() {
+    let http = HttpCache::builder(store()).max_body_bytes(10).build();
+    let app = Router::new()
+        .route(
+            "/stream",
+            get(|| async {
+                let chunks =
+                    futures_util::stream::iter(vec![Ok::<_, std::io::Error>("a"), Ok("b")]);
+                ([("cache-control", "max-age=60")], Body::from_stream(chunks))
+            }),
+        )
+        .route(
+            "/big",
+            get(|| async { ([("cache-control", "max-age=60")], "x".repeat(100)) }),
+        )
+        .layer(http.layer());
+    for path in ["/stream", "/big"] {
+        send(&app, get_req(path)).await;
+        let (_, h, b) = send(&app, get_req(path)).await;
+        assert_eq!(status(&h), "MISS", "{path}");
+        assert!(!b.is_empty());
+    }
+}
+
+#[tokio::test]
+async fn cache_page_stores_a_route_without_freshness_and_says_so() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/news",
+            get(move || {
+                let c = c.clone();
+                async move { format!("news {}", c.fetch_add(1, Ordering::SeqCst) + 1) }
+            }),
+        )
+        .route_layer(cache_page(&http, Duration::from_secs(30)));
+    let (_, h, _) = send(&app, get_req("/news")).await;
+    assert_eq!(h["cache-control"], "max-age=30");
+    let (_, h, b) = send(&app, get_req("/news")).await;
+    assert_eq!((status(&h), b.as_str()), ("HIT", "news 1"));
+}
+
+#[tokio::test]
+async fn keys_normalize_the_query_and_include_the_host() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
+    send(&app, get_req("/page?b=2&a=1")).await;
+    let (_, h, _) = send(&app, get_req("/page?a=1&b=2")).await;
+    assert_eq!(status(&h), "HIT");
+    let other_host = Request::builder()
+        .uri("/page?a=1&b=2")
+        .header("host", "other.example")
+        .body(Body::empty())
+        .unwrap();
+    let (_, h, _) = send(&app, other_host).await;
+    assert_eq!(status(&h), "MISS");
+}
+
+#[tokio::test]
+async fn request_no_cache_revalidates_and_only_if_cached_answers_504() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
+    let (s, _, _) = send(&app, with("/page", "cache-control", "only-if-cached")).await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    send(&app, get_req("/page")).await;
+    let (_, _, b) = send(&app, with("/page", "cache-control", "no-cache")).await;
+    assert_eq!(b, "body 2", "no-cache went to the origin");
+    let (_, h, _) = send(&app, with("/page", "pragma", "no-cache")).await;
+    assert_ne!(status(&h), "HIT");
+}
