@@ -2,6 +2,7 @@
 
 mod bench;
 mod createcachetable;
+mod proxy;
 mod scenario;
 
 use std::process::ExitCode;
@@ -22,6 +23,10 @@ enum Command {
     /// the same JSON, so the two can be compared side by side.
     #[command(after_help = bench::EXAMPLES)]
     Bench(bench::BenchArgs),
+    /// A caching reverse proxy (RFC 9111 shared cache) in front of any HTTP
+    /// application, with its own status, metrics and purge under /_larder/.
+    #[command(after_help = proxy::EXAMPLES)]
+    Proxy(proxy::ProxyArgs),
     /// Create the cache table of a SQL cache (idempotent).
     #[command(after_help = createcachetable::EXAMPLES)]
     Createcachetable(createcachetable::CreateCacheTableArgs),
@@ -39,6 +44,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench::run(args),
         Command::Createcachetable(args) => createcachetable::run(args),
+        Command::Proxy(args) => proxy::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
