@@ -36,9 +36,6 @@ Examples:
 Own paths (never forwarded): /_larder/status, /_larder/metrics,
   POST /_larder/purge?tag=post:42, POST /_larder/purge?url=/news&host=example.com";
 
-/// The reserved path prefix.
-pub const PREFIX: &str = "/_larder/";
-
 #[derive(Args, Debug)]
 pub struct ProxyArgs {
     /// Address to listen on.
@@ -71,17 +68,10 @@ pub struct ProxyArgs {
     upstream_timeout: u64,
 }
 
-/// Counters for /_larder/status and /_larder/metrics.
+/// The proxy's own counters (the cache's are in `HttpCache::stats`).
 #[derive(Default)]
 struct Stats {
-    requests: AtomicU64,
-    hit: AtomicU64,
-    miss: AtomicU64,
-    stale: AtomicU64,
-    revalidated: AtomicU64,
-    bypass: AtomicU64,
     upstream_errors: AtomicU64,
-    latency_us_total: AtomicU64,
 }
 
 #[derive(Clone)]
@@ -222,15 +212,13 @@ async fn serve(args: ProxyArgs, upstream: Uri) -> Result<(), CliError> {
         upstream,
         started: Instant::now(),
     };
-    let counted = axum::middleware::from_fn_with_state(state.clone(), count);
     let app = Router::new()
         .route("/_larder/status", get(status))
         .route("/_larder/metrics", get(metrics))
         .route("/_larder/purge", post(purge))
         .route("/_larder/{*rest}", get(not_found).post(not_found))
         .with_state(state)
-        .fallback_service(cached)
-        .layer(counted);
+        .fallback_service(cached);
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| CliError::failed(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -246,61 +234,17 @@ async fn serve(args: ProxyArgs, upstream: Uri) -> Result<(), CliError> {
         .map_err(|e| CliError::failed(format!("server error: {e}")))
 }
 
-async fn count(
-    State(state): State<AppState>,
-    req: Request<Body>,
-    next: axum::middleware::Next,
-) -> Response {
-    let own = req.uri().path().starts_with(PREFIX);
-    let started = Instant::now();
-    let res = next.run(req).await;
-    if !own {
-        let s = &state.stats;
-        s.requests.fetch_add(1, Ordering::Relaxed);
-        s.latency_us_total
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        let counter = match res
-            .headers()
-            .get(larder_http::STATUS_HEADER)
-            .and_then(|v| v.to_str().ok())
-        {
-            Some("HIT") => &s.hit,
-            Some("STALE") => &s.stale,
-            Some("REVALIDATED") => &s.revalidated,
-            Some("MISS") => &s.miss,
-            _ => &s.bypass,
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-    }
-    res
-}
-
-fn snapshot(s: &Stats) -> [(&'static str, u64); 8] {
-    [
-        ("requests", s.requests.load(Ordering::Relaxed)),
-        ("hit", s.hit.load(Ordering::Relaxed)),
-        ("miss", s.miss.load(Ordering::Relaxed)),
-        ("stale", s.stale.load(Ordering::Relaxed)),
-        ("revalidated", s.revalidated.load(Ordering::Relaxed)),
-        ("bypass", s.bypass.load(Ordering::Relaxed)),
-        ("upstream_errors", s.upstream_errors.load(Ordering::Relaxed)),
-        (
-            "latency_us_total",
-            s.latency_us_total.load(Ordering::Relaxed),
-        ),
-    ]
-}
-
 async fn status(State(state): State<AppState>) -> Response {
-    let snap = snapshot(&state.stats);
-    let get = |k: &str| snap.iter().find(|(n, _)| *n == k).map_or(0, |(_, v)| *v);
-    let served = get("hit") + get("stale") + get("revalidated");
+    let s = state.http.stats();
+    let served = s.hits + s.stale + s.revalidated;
+    let requests = served + s.misses + s.bypassed;
     let body = serde_json::json!({
         "upstream": state.upstream.to_string(),
         "cache": state.http.store().backend().name(),
         "uptime_s": state.started.elapsed().as_secs(),
-        "counters": snap.iter().map(|(k, v)| (k.to_string(), v)).collect::<std::collections::BTreeMap<_, _>>(),
-        "hit_ratio": if get("requests") == 0 { 0.0 } else { served as f64 / get("requests") as f64 },
+        "counters": s,
+        "upstream_errors": state.stats.upstream_errors.load(Ordering::Relaxed),
+        "hit_ratio": if requests == 0 { 0.0 } else { served as f64 / requests as f64 },
         "breaker": format!("{:?}", state.http.store().breaker_state()),
     });
     (
@@ -317,24 +261,24 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let mut out = String::new();
     out.push_str("# HELP larder_proxy_requests_total Requests proxied, by what the cache did.\n");
     out.push_str("# TYPE larder_proxy_requests_total counter\n");
-    for (k, v) in snapshot(&state.stats) {
-        match k {
-            "requests" | "latency_us_total" | "upstream_errors" => {}
-            _ => out.push_str(&format!(
-                "larder_proxy_requests_total{{cache=\"{k}\"}} {v}\n"
-            )),
-        }
+    let s = state.http.stats();
+    for (k, v) in [
+        ("hit", s.hits),
+        ("miss", s.misses),
+        ("stale", s.stale),
+        ("revalidated", s.revalidated),
+        ("bypass", s.bypassed),
+    ] {
+        out.push_str(&format!(
+            "larder_proxy_requests_total{{cache=\"{k}\"}} {v}\n"
+        ));
     }
-    let s = &state.stats;
+    out.push_str("# TYPE larder_proxy_stored_total counter\n");
+    out.push_str(&format!("larder_proxy_stored_total {}\n", s.stored));
     out.push_str("# TYPE larder_proxy_upstream_errors_total counter\n");
     out.push_str(&format!(
         "larder_proxy_upstream_errors_total {}\n",
-        s.upstream_errors.load(Ordering::Relaxed)
-    ));
-    out.push_str("# TYPE larder_proxy_latency_seconds_sum counter\n");
-    out.push_str(&format!(
-        "larder_proxy_latency_seconds_sum {}\n",
-        s.latency_us_total.load(Ordering::Relaxed) as f64 / 1e6
+        state.stats.upstream_errors.load(Ordering::Relaxed)
     ));
     out.push_str("# TYPE larder_proxy_breaker_open gauge\n");
     let open = matches!(

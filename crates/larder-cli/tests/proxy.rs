@@ -140,7 +140,7 @@ async fn the_proxy_caches_forwards_unchanged_and_serves_its_own_paths() {
         let (s, h, b) = get(port, "/_larder/status");
         assert_eq!(s, 200);
         assert_eq!(header(&h, "content-type"), Some("application/json"));
-        assert!(b.contains("\"hit\": 1"), "{b}");
+        assert!(b.contains("\"hits\": 1"), "{b}");
         let (_, _, b) = get(port, "/_larder/metrics");
         assert!(b.contains("larder_proxy_requests_total{cache=\"hit\"} 1"), "{b}");
         let (s, _, _) = get(port, "/_larder/secret");

@@ -2,6 +2,7 @@
 //! rules, the in-flight requests), and the request handling itself.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,11 +13,12 @@ use http_body::Body;
 use http_body_util::BodyExt;
 use larder_core::{Cache, Ttl};
 use metrics::Counter;
+
 use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
 use crate::body::{BoxError, CacheBody};
-use crate::entry::{Entry, Stored};
+use crate::entry::{ByteBuf, Entry, Stored};
 use crate::key;
 use crate::policy::{self, CacheControl, NotStored, Rules};
 
@@ -104,7 +106,7 @@ impl HttpCacheBuilder {
     /// Builds the shared state.
     pub fn build(self) -> HttpCache {
         let label = self.cache.name().to_owned();
-        let c = |name: &'static str| metrics::counter!(name, "cache" => label.clone());
+        let c = |name: &'static str| Count::new(metrics::counter!(name, "cache" => label.clone()));
         HttpCache {
             shared: Arc::new(Shared {
                 cache: self.cache,
@@ -128,15 +130,61 @@ impl HttpCacheBuilder {
     }
 }
 
+/// One event counter: a `metrics` counter and an in-process tally for
+/// [`HttpCache::stats`].
+struct Count {
+    metric: Counter,
+    local: AtomicU64,
+}
+
+impl Count {
+    fn new(metric: Counter) -> Self {
+        Count {
+            metric,
+            local: AtomicU64::new(0),
+        }
+    }
+    fn increment(&self, n: u64) {
+        self.metric.increment(n);
+        self.local.fetch_add(n, Ordering::Relaxed);
+    }
+    fn get(&self) -> u64 {
+        self.local.load(Ordering::Relaxed)
+    }
+}
+
 struct Counters {
-    hit: Counter,
-    miss: Counter,
-    stale: Counter,
-    revalidated: Counter,
-    bypass: Counter,
-    stored: Counter,
-    merged: Counter,
-    invalidated: Counter,
+    hit: Count,
+    miss: Count,
+    stale: Count,
+    revalidated: Count,
+    bypass: Count,
+    stored: Count,
+    merged: Count,
+    invalidated: Count,
+}
+
+/// What an [`HttpCache`] has done since it was built (also exported as
+/// `larder_http_*_total` metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
+pub struct HttpCacheStats {
+    /// Fresh responses served from the cache.
+    pub hits: u64,
+    /// Requests forwarded because nothing usable was stored.
+    pub misses: u64,
+    /// Stale responses served (while revalidating, or on origin errors).
+    pub stale: u64,
+    /// Stale responses refreshed by a 304 from the origin.
+    pub revalidated: u64,
+    /// Requests that bypass the cache (unsafe methods, Authorization, no-store).
+    pub bypassed: u64,
+    /// Responses stored.
+    pub stored: u64,
+    /// Requests that waited for another request to the same URL.
+    pub merged: u64,
+    /// URLs and tags invalidated or purged.
+    pub invalidations: u64,
 }
 
 /// What one in-flight miss produced for the requests that waited on it.
@@ -223,6 +271,21 @@ impl HttpCache {
     /// The store.
     pub fn store(&self) -> &Cache {
         &self.shared.cache
+    }
+
+    /// Counts of what the cache has done, for status pages.
+    pub fn stats(&self) -> HttpCacheStats {
+        let c = &self.shared.counters;
+        HttpCacheStats {
+            hits: c.hit.get(),
+            misses: c.miss.get(),
+            stale: c.stale.get(),
+            revalidated: c.revalidated.get(),
+            bypassed: c.bypass.get(),
+            stored: c.stored.get(),
+            merged: c.merged.get(),
+            invalidations: c.invalidated.get(),
+        }
     }
 
     /// Removes every stored response for `uri` on `host` (all variants).
@@ -634,15 +697,15 @@ impl HttpCache {
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
-        let stored: Vec<(String, Vec<u8>)> = headers
+        let stored: Vec<(String, ByteBuf)> = headers
             .iter()
             .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && n.as_str() != STATUS_HEADER)
-            .map(|(n, v)| (n.as_str().to_owned(), v.as_bytes().to_vec()))
+            .map(|(n, v)| (n.as_str().to_owned(), ByteBuf(v.as_bytes().to_vec())))
             .collect();
         let entry = Entry {
             status: status.as_u16(),
             headers: stored,
-            body: body.to_vec(),
+            body: ByteBuf(body.to_vec()),
             stored_at_ms: unix_ms(),
             requested_at_ms: requested_at,
             initial_age,

@@ -13,11 +13,13 @@ fn digest(tag: &str, parts: &[&[u8]]) -> String {
         h.update((p.len() as u64).to_le_bytes());
         h.update(p);
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let out = h.finalize();
     let mut s = String::with_capacity(tag.len() + 64);
     s.push_str(tag);
     for b in out {
-        s.push_str(&format!("{b:02x}"));
+        s.push(HEX[usize::from(b >> 4)] as char);
+        s.push(HEX[usize::from(b & 15)] as char);
     }
     s
 }

@@ -51,6 +51,6 @@ mod layer;
 pub mod policy;
 
 pub use body::{BoxError, CacheBody};
-pub use cache::{HttpCache, HttpCacheBuilder, DEFAULT_MAX_BODY, STATUS_HEADER};
+pub use cache::{HttpCache, HttpCacheBuilder, HttpCacheStats, DEFAULT_MAX_BODY, STATUS_HEADER};
 pub use headers::{cache_control, never_cache, vary_on_cookie, vary_on_headers};
 pub use layer::{cache_page, CacheLayer, CacheService, ResponseFuture};
