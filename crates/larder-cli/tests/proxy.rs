@@ -167,3 +167,79 @@ fn a_bad_upstream_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be http://host:port"));
 }
+
+fn start_proxy(port: u16, upstream: u16, cache: &str) -> Proxy {
+    let p = Proxy(
+        Command::new(env!("CARGO_BIN_EXE_larder"))
+            .args([
+                "proxy",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--upstream",
+                &format!("http://127.0.0.1:{upstream}"),
+                "--cache",
+                cache,
+            ])
+            .env_remove("LARDER_CACHE_URL")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let until = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < until, "the proxy did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    p
+}
+
+/// Two proxy processes share Redis: what one stores the other serves, and
+/// a purge by tag through one reaches the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_by_tag_reaches_another_process_sharing_redis() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let upstream = Router::new().route(
+        "/post/42",
+        routing::get(move || {
+            let c = c.clone();
+            async move {
+                let n = c.fetch_add(1, Ordering::SeqCst) + 1;
+                (
+                    [
+                        ("cache-control", "max-age=300"),
+                        ("cache-tag", "post:42 author:7"),
+                    ],
+                    format!("post 42, render {n}"),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    let prefix = format!("proxytest{}", std::process::id());
+    let cache = format!("redis://127.0.0.1:6379/0?key_prefix={prefix}");
+    let (pa, pb) = (free_port(), free_port());
+    let _a = start_proxy(pa, up_port, &cache);
+    let _b = start_proxy(pb, up_port, &cache);
+    tokio::task::spawn_blocking(move || {
+        let (_, h, b) = get(pa, "/post/42");
+        assert_eq!((header(&h, "x-larder-cache"), b.as_str()), (Some("MISS"), "post 42, render 1"));
+        assert_eq!(header(&h, "cache-tag"), None, "tags are stripped");
+        let (_, h, b) = get(pb, "/post/42");
+        assert_eq!((header(&h, "x-larder-cache"), b.as_str()), (Some("HIT"), "post 42, render 1"));
+        let (s, _, _) = http(pb, "POST /_larder/purge?tag=author:7 HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        assert_eq!(s, 200);
+        std::thread::sleep(Duration::from_millis(5));
+        let (_, h, b) = get(pa, "/post/42");
+        assert_eq!((header(&h, "x-larder-cache"), b.as_str()), (Some("MISS"), "post 42, render 2"));
+        let (_, h, _) = get(pb, "/post/42");
+        assert_eq!(header(&h, "x-larder-cache"), Some("HIT"));
+    })
+    .await
+    .unwrap();
+    let cleanup = larder::open(&cache).await.unwrap();
+    cleanup.clear().await.unwrap();
+}
