@@ -444,3 +444,42 @@ async fn request_no_cache_revalidates_and_only_if_cached_answers_504() {
     let (_, h, _) = send(&app, with("/page", "pragma", "no-cache")).await;
     assert_ne!(status(&h), "HIT");
 }
+
+#[tokio::test]
+async fn vary_accept_encoding_keeps_encodings_apart() {
+    let http = HttpCache::builder(store()).build();
+    let app = Router::new()
+        .route(
+            "/page",
+            get(|headers: HeaderMap| async move {
+                let gzip = headers
+                    .get("accept-encoding")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.contains("gzip"));
+                let mut r = if gzip { "GZIPPED-BYTES" } else { "plain text" }.into_response();
+                r.headers_mut()
+                    .insert("cache-control", HeaderValue::from_static("max-age=60"));
+                r.headers_mut()
+                    .insert("vary", HeaderValue::from_static("Accept-Encoding"));
+                if gzip {
+                    r.headers_mut()
+                        .insert("content-encoding", HeaderValue::from_static("gzip"));
+                }
+                r
+            }),
+        )
+        .layer(http.layer());
+    let (_, _, b) = send(&app, with("/page", "accept-encoding", "gzip, br")).await;
+    assert_eq!(b, "GZIPPED-BYTES");
+    let (_, h, b) = send(&app, get_req("/page")).await;
+    assert_eq!(
+        (status(&h), b.as_str()),
+        ("MISS", "plain text"),
+        "an identity client got the gzip body"
+    );
+    let (_, h, b) = send(&app, with("/page", "accept-encoding", "gzip, br")).await;
+    assert_eq!((status(&h), b.as_str()), ("HIT", "GZIPPED-BYTES"));
+    assert_eq!(h["content-encoding"], "gzip");
+    let (_, h, b) = send(&app, get_req("/page")).await;
+    assert_eq!((status(&h), b.as_str()), ("HIT", "plain text"));
+}

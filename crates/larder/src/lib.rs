@@ -47,6 +47,9 @@
 pub use larder_core::*;
 #[cfg(feature = "file")]
 pub use larder_file;
+/// HTTP response caching for tower and axum (feature `http`).
+#[cfg(feature = "http")]
+pub use larder_http as http;
 #[cfg(feature = "mem")]
 pub use larder_mem;
 #[cfg(feature = "memcached")]
