@@ -1225,21 +1225,33 @@ async fn slow_value(
     Ok(v.to_owned())
 }
 
+/// A loader that says when it has started, so a test can invalidate
+/// *during* the computation however loaded the machine is.
+async fn signalled_value(
+    delay_ms: u64,
+    v: &'static str,
+    started: Arc<tokio::sync::Notify>,
+) -> Result<String, Error> {
+    started.notify_one();
+    tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+    Ok(v.to_owned())
+}
+
 /// A delete that lands while a computation runs wins: the computation's
 /// result reaches its caller but is not stored (the classic stale set).
 pub async fn stale_set_after_delete_is_dropped(ctx: &Ctx) {
     let a = ctx.cache();
     let b = other_process(ctx, &a);
-    let calls = Arc::new(AtomicU32::new(0));
+    let started = Arc::new(tokio::sync::Notify::new());
     let computing = {
-        let (a, calls) = (a.clone(), calls.clone());
+        let (a, started) = (a.clone(), started.clone());
         tokio::spawn(async move {
-            a.get_or_compute("k", LONG, move || slow_value(400, "old", calls))
+            a.get_or_compute("k", LONG, move || signalled_value(400, "old", started))
                 .await
                 .unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    started.notified().await;
     b.delete("k").await.unwrap();
     assert_eq!(computing.await.unwrap(), "old", "the caller gets its value");
     assert_eq!(
@@ -1253,16 +1265,16 @@ pub async fn stale_set_after_delete_is_dropped(ctx: &Ctx) {
 pub async fn stale_set_after_write_is_dropped(ctx: &Ctx) {
     let a = ctx.cache();
     let b = other_process(ctx, &a);
-    let calls = Arc::new(AtomicU32::new(0));
+    let started = Arc::new(tokio::sync::Notify::new());
     let computing = {
-        let (a, calls) = (a.clone(), calls.clone());
+        let (a, started) = (a.clone(), started.clone());
         tokio::spawn(async move {
-            a.get_or_compute("k", LONG, move || slow_value(400, "old", calls))
+            a.get_or_compute("k", LONG, move || signalled_value(400, "old", started))
                 .await
                 .unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    started.notified().await;
     b.set("k", "new", LONG).await.unwrap();
     assert_eq!(computing.await.unwrap(), "old");
     assert_eq!(a.get::<String>("k").await.unwrap().as_deref(), Some("new"));
@@ -1281,15 +1293,16 @@ pub async fn stale_refresh_after_delete_is_dropped(ctx: &Ctx) {
         .unwrap();
     assert_eq!(v, "v1");
     tokio::time::sleep(Duration::from_millis(1100)).await;
+    let started = Arc::new(tokio::sync::Notify::new());
     let computing = {
-        let (a, calls) = (a.clone(), calls.clone());
+        let (a, started) = (a.clone(), started.clone());
         tokio::spawn(async move {
-            a.get_or_compute_with("k", &opts, move || slow_value(400, "v2", calls))
+            a.get_or_compute_with("k", &opts, move || signalled_value(400, "v2", started))
                 .await
                 .unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(150)).await;
+    started.notified().await;
     b.delete("k").await.unwrap();
     assert_eq!(computing.await.unwrap(), "v2");
     assert_eq!(a.get::<String>("k").await.unwrap(), None);
