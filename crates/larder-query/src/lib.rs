@@ -18,6 +18,8 @@
 
 mod analyze;
 mod generations;
+mod query_cache;
 
 pub use analyze::{analyze, normalize, Analysis, Schema, SqlDialect};
 pub use generations::Generations;
+pub use query_cache::{CacheableDb, Param, QueryCache, RowsAffected};
