@@ -22,4 +22,4 @@ mod query_cache;
 
 pub use analyze::{analyze, normalize, Analysis, Schema, SqlDialect};
 pub use generations::Generations;
-pub use query_cache::{CacheableDb, Param, QueryCache, RowsAffected};
+pub use query_cache::{CacheableDb, CachedTransaction, Param, QueryCache, RowsAffected};

@@ -78,8 +78,9 @@ where
 /// autocommit: once it has committed), so no result computed before it
 /// matches again.
 ///
-/// Not yet (issue 6, later steps): transactions, writes from outside the
-/// application (triggers), the randomized model tests.
+/// Transactions: [`QueryCache::begin`]. Not yet (issue 6, later steps):
+/// writes from outside the application (triggers), the randomized model
+/// tests.
 pub struct QueryCache<DB: Database> {
     pool: Pool<DB>,
     cache: Cache,
@@ -317,5 +318,135 @@ impl RowsAffected for sqlx::mysql::MySqlQueryResult {
 impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
     fn rows_affected_of(r: &Self) -> u64 {
         r.rows_affected()
+    }
+}
+
+/// A transaction through a [`QueryCache`]: the generations of the tables
+/// it writes are bumped only when it commits (nothing on rollback or drop),
+/// and reads of tables it has written go to the database, never to the
+/// cache, so it sees its own writes.
+pub struct CachedTransaction<DB: Database> {
+    qc: QueryCache<DB>,
+    tx: sqlx::Transaction<'static, DB>,
+    written: std::collections::BTreeSet<String>,
+    wrote_unknown: bool,
+}
+
+impl<DB> QueryCache<DB>
+where
+    DB: CacheableDb,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'c> &'c mut <DB as Database>::Connection: Executor<'c, Database = DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+    DB::QueryResult: RowsAffected,
+{
+    /// Starts a transaction.
+    pub async fn begin(&self) -> Result<CachedTransaction<DB>, Error> {
+        let tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(|e| Error::backend("sql", e))?;
+        Ok(CachedTransaction {
+            qc: self.clone(),
+            tx,
+            written: Default::default(),
+            wrote_unknown: false,
+        })
+    }
+}
+
+impl<DB> CachedTransaction<DB>
+where
+    DB: CacheableDb,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'c> &'c mut <DB as Database>::Connection: Executor<'c, Database = DB>,
+    for<'q> bool: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'q> Option<i64>: Encode<'q, DB> + Type<DB>,
+    for<'q> f64: Encode<'q, DB> + Type<DB>,
+    for<'q> String: Encode<'q, DB> + Type<DB>,
+    for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
+    DB::QueryResult: RowsAffected,
+{
+    /// Every row of a query: from the database if the query reads a table
+    /// this transaction has written (or it wrote something unanalyzable),
+    /// otherwise as [`QueryCache::fetch_all`].
+    pub async fn fetch_all<T>(&mut self, sql: &str, params: &[Param]) -> Result<Vec<T>, Error>
+    where
+        T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
+    {
+        let analysis = analyze(sql, self.qc.dialect, &self.qc.schema);
+        let from_cache = match &analysis {
+            Analysis::Read(tables) => !self.wrote_unknown && tables.is_disjoint(&self.written),
+            _ => false,
+        };
+        if from_cache {
+            return self.qc.fetch_all(sql, params).await;
+        }
+        let q = bind_all!(sqlx::query_as::<DB, T>(sql), params);
+        let rows = q
+            .fetch_all(&mut *self.tx)
+            .await
+            .map_err(|e| Error::backend("sql", e))?;
+        self.note(&analysis);
+        Ok(rows)
+    }
+
+    /// Runs a statement in the transaction, remembering what it writes.
+    pub async fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64, Error> {
+        let analysis = analyze(sql, self.qc.dialect, &self.qc.schema);
+        let q = bind_all!(sqlx::query::<DB>(sql), params);
+        let done = q
+            .execute(&mut *self.tx)
+            .await
+            .map_err(|e| Error::backend("sql", e))?;
+        self.note(&analysis);
+        Ok(RowsAffected::rows_affected_of(&done))
+    }
+
+    fn note(&mut self, analysis: &Analysis) {
+        match analysis {
+            Analysis::Write { writes } => self.written.extend(writes.iter().cloned()),
+            Analysis::Unknown {
+                may_write: true, ..
+            } => self.wrote_unknown = true,
+            _ => {}
+        }
+    }
+
+    /// Commits, then bumps the generations of every table written: when
+    /// this returns, no cached result from before the transaction is used.
+    pub async fn commit(self) -> Result<(), Error> {
+        let CachedTransaction {
+            qc,
+            tx,
+            written,
+            wrote_unknown,
+        } = self;
+        tx.commit().await.map_err(|e| Error::backend("sql", e))?;
+        let analysis = if wrote_unknown {
+            Analysis::Unknown {
+                may_write: true,
+                reason: "an unanalyzable statement in a transaction".into(),
+            }
+        } else {
+            Analysis::Write { writes: written }
+        };
+        qc.after_write(&analysis).await;
+        Ok(())
+    }
+
+    /// Rolls back; nothing is invalidated (dropping does the same).
+    pub async fn rollback(self) -> Result<(), Error> {
+        self.tx
+            .rollback()
+            .await
+            .map_err(|e| Error::backend("sql", e))
     }
 }

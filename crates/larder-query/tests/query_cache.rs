@@ -79,6 +79,35 @@ macro_rules! scenario {
     }};
 }
 
+macro_rules! tx_scenario {
+    ($qc:expr, $t:expr) => {{
+        let qc = $qc;
+        let (post, comment) = ($t.0.as_str(), $t.1.as_str());
+        let list = format!(
+            "SELECT p.id, p.title, (SELECT count(*) FROM {comment} c WHERE c.post_id = p.id) AS comments \
+             FROM {post} p ORDER BY p.id"
+        );
+        let counts = |rows: Vec<PostRow>| rows.iter().map(|r| r.comments).collect::<Vec<_>>();
+        let before = counts(qc.fetch_all(&list, &[]).await.unwrap());
+        let mut tx = qc.begin().await.unwrap();
+        tx.execute(&format!("INSERT INTO {comment} (id, post_id) VALUES (20, 2)"), &[])
+            .await
+            .unwrap();
+        let inside = counts(tx.fetch_all(&list, &[]).await.unwrap());
+        assert_eq!(inside[1], before[1] + 1, "the transaction reads its own write from the database");
+        assert_eq!(counts(qc.fetch_all(&list, &[]).await.unwrap()), before, "not visible before commit");
+        tx.commit().await.unwrap();
+        let after = counts(qc.fetch_all(&list, &[]).await.unwrap());
+        assert_eq!(after[1], before[1] + 1, "stale read after commit");
+        let mut tx = qc.begin().await.unwrap();
+        tx.execute(&format!("INSERT INTO {comment} (id, post_id) VALUES (21, 2)"), &[])
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+        assert_eq!(counts(qc.fetch_all(&list, &[]).await.unwrap()), after, "a rollback changed the result");
+    }};
+}
+
 fn qc_dialect<DB: Database>(_: &QueryCache<DB>) -> SqlDialect {
     match DB::NAME {
         "MySQL" => SqlDialect::MySql,
@@ -94,9 +123,11 @@ fn tables(tag: &str) -> (String, String) {
 
 #[tokio::test]
 async fn sqlite() {
+    let dir = std::env::temp_dir().join(format!("larder-qc-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect("sqlite::memory:")
+        .max_connections(2)
+        .connect(&format!("sqlite://{}/qc.db?mode=rwc", dir.display()))
         .await
         .unwrap();
     let t = tables("sqlite");
@@ -118,7 +149,10 @@ async fn sqlite() {
         SqlDialect::Sqlite,
         Ttl::secs(60),
     );
-    scenario!(qc, &pool, t);
+    scenario!(qc.clone(), &pool, t);
+    tx_scenario!(qc, t);
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]
@@ -147,7 +181,8 @@ async fn postgres() {
         SqlDialect::Postgres,
         Ttl::secs(60),
     );
-    scenario!(qc, &pool, t);
+    scenario!(qc.clone(), &pool, t);
+    tx_scenario!(qc, t);
     for tbl in [&t.0, &t.1] {
         sqlx::query(&format!("DROP TABLE {tbl}"))
             .execute(&pool)
@@ -182,7 +217,8 @@ async fn mariadb() {
         SqlDialect::MySql,
         Ttl::secs(60),
     );
-    scenario!(qc, &pool, t);
+    scenario!(qc.clone(), &pool, t);
+    tx_scenario!(qc, t);
     for tbl in [&t.0, &t.1] {
         sqlx::query(&format!("DROP TABLE {tbl}"))
             .execute(&pool)
