@@ -3,6 +3,7 @@
 mod bench;
 mod createcachetable;
 mod proxy;
+mod query;
 mod scenario;
 
 use std::process::ExitCode;
@@ -27,6 +28,11 @@ enum Command {
     /// application, with its own status, metrics and purge under /_larder/.
     #[command(after_help = proxy::EXAMPLES)]
     Proxy(proxy::ProxyArgs),
+    /// Query cache administration: `larder query install` creates the
+    /// triggers through which writes from outside the application
+    /// invalidate cached queries.
+    #[command(after_help = query::EXAMPLES)]
+    Query(query::QueryArgs),
     /// Create the cache table of a SQL cache (idempotent).
     #[command(after_help = createcachetable::EXAMPLES)]
     Createcachetable(createcachetable::CreateCacheTableArgs),
@@ -45,6 +51,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(args),
         Command::Createcachetable(args) => createcachetable::run(args),
         Command::Proxy(args) => proxy::run(args),
+        Command::Query(args) => query::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

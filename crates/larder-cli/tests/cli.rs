@@ -168,3 +168,63 @@ fn herd_scenarios_report_one_origin_call_per_expiry() {
         assert!(r["latency_ms"]["p99"].as_f64().unwrap() >= 100.0);
     }
 }
+
+#[tokio::test]
+async fn query_install_creates_triggers_that_count_outside_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+    sqlx::raw_sql("CREATE TABLE post (id INTEGER PRIMARY KEY)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dry = larder(&[
+        "query",
+        "install",
+        "--database",
+        &url,
+        "--tables",
+        "post",
+        "--dry-run",
+    ]);
+    assert!(dry.status.success());
+    assert!(String::from_utf8_lossy(&dry.stdout).contains("CREATE TRIGGER"));
+    for _ in 0..2 {
+        // Idempotent.
+        let out = larder(&["query", "install", "--database", &url, "--tables", "post"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    sqlx::raw_sql("INSERT INTO post (id) VALUES (1); INSERT INTO post (id) VALUES (2); DELETE FROM post WHERE id = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let n: i64 =
+        sqlx::query_scalar("SELECT generation FROM larder_generations WHERE table_name = 'post'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 3, "one count per changed row");
+    let bad = larder(&[
+        "query",
+        "install",
+        "--database",
+        &url,
+        "--tables",
+        "post;drop",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = larder(&[
+        "query",
+        "install",
+        "--database",
+        "ftp://x",
+        "--tables",
+        "post",
+    ]);
+    assert_eq!(bad.status.code(), Some(2));
+}

@@ -1,9 +1,10 @@
 //! # larder-query
 //!
 //! Query-result caching with automatic invalidation (what Cache Machine and
-//! Johnny-Cache did for Django's ORM), for sqlx. This crate is being built
-//! in steps (issue 6); this step holds the SQL analysis and the table
-//! generation store.
+//! Johnny-Cache did for Django's ORM), for sqlx on SQLite, PostgreSQL and
+//! MySQL/MariaDB. Being built in steps (issue 6): analysis, generations,
+//! [`QueryCache`] with transactions, and triggers for outside writes are
+//! here; the randomized model tests and the benchmark are not yet.
 //!
 //! - [`analyze`] reads a statement's parse tree (sqlparser) and says which
 //!   tables it reads (joins, subqueries, CTEs excluded, declared views
@@ -18,8 +19,12 @@
 
 mod analyze;
 mod generations;
+mod outside;
 mod query_cache;
 
 pub use analyze::{analyze, normalize, Analysis, Schema, SqlDialect};
 pub use generations::Generations;
-pub use query_cache::{CacheableDb, CachedTransaction, Param, QueryCache, RowsAffected};
+pub use outside::{install_sql, listen_postgres, CHANNEL, GENERATIONS_TABLE};
+pub use query_cache::{
+    CacheableDb, CachedTransaction, OutsideWrites, Param, QueryCache, RowsAffected,
+};

@@ -450,3 +450,90 @@ where
             .map_err(|e| Error::backend("sql", e))
     }
 }
+
+impl<DB> QueryCache<DB>
+where
+    DB: CacheableDb,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'c> &'c mut <DB as Database>::Connection: Executor<'c, Database = DB>,
+    for<'r> String: sqlx::Decode<'r, DB> + Type<DB>,
+    for<'r> i64: sqlx::Decode<'r, DB> + Type<DB>,
+    for<'r> &'r str: sqlx::ColumnIndex<DB::Row>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+{
+    /// Reads the trigger counts once and bumps the generations of the
+    /// tables that changed since the last read (every table on the first
+    /// read). See [`crate::install_sql`].
+    pub async fn sync_outside_writes(&self, seen: &mut OutsideWrites) -> Result<usize, Error> {
+        use sqlx::Row;
+        let rows = sqlx::query(&format!(
+            "SELECT table_name, generation FROM {}",
+            crate::outside::GENERATIONS_TABLE
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(|e| Error::backend("sql", e))?;
+        let mut counts = Vec::with_capacity(rows.len());
+        for r in rows {
+            let t: String = r.try_get(0usize).map_err(|e| Error::backend("sql", e))?;
+            let g: i64 = r.try_get(1usize).map_err(|e| Error::backend("sql", e))?;
+            counts.push((t, g));
+        }
+        let changed = seen.0.changed(counts);
+        if !changed.is_empty() {
+            self.generations.bump(&changed).await?;
+        }
+        Ok(changed.len())
+    }
+
+    /// Polls the trigger counts every `interval` in a background task and
+    /// bumps the generations of tables written from outside the
+    /// application: such writes are seen within about one interval. The
+    /// task stops when the returned handle is dropped... or aborted.
+    pub fn watch_outside_writes(&self, interval: Duration) -> tokio::task::JoinHandle<()>
+    where
+        DB: 'static,
+    {
+        let qc = self.clone();
+        tokio::spawn(async move {
+            let mut seen = OutsideWrites::default();
+            loop {
+                if let Err(e) = qc.sync_outside_writes(&mut seen).await {
+                    tracing::warn!(error = %e, "query cache: polling outside writes failed");
+                }
+                tokio::time::sleep(interval).await;
+            }
+        })
+    }
+}
+
+/// What [`QueryCache::sync_outside_writes`] saw last.
+#[derive(Debug, Default)]
+pub struct OutsideWrites(crate::outside::Seen);
+
+use std::time::Duration;
+
+impl QueryCache<sqlx::Postgres> {
+    /// Reacts to outside writes at once: LISTENs for the triggers'
+    /// notifications on the database at `url` and bumps the written tables'
+    /// generations, resyncing from the trigger counts after every
+    /// (re)connection (notifications sent while disconnected are lost).
+    pub fn watch_postgres(&self, url: &str) -> tokio::task::JoinHandle<()> {
+        let qc = self.clone();
+        let seen = std::sync::Arc::new(tokio::sync::Mutex::new(OutsideWrites::default()));
+        let poll = move || {
+            let (qc, seen) = (qc.clone(), seen.clone());
+            async move {
+                let mut seen = seen.lock().await;
+                if let Err(e) = qc.sync_outside_writes(&mut seen).await {
+                    tracing::warn!(error = %e, "query cache: resync of outside writes failed");
+                }
+            }
+        };
+        tokio::spawn(crate::outside::listen_postgres(
+            url.to_owned(),
+            self.generations.clone(),
+            poll,
+        ))
+    }
+}

@@ -1,0 +1,154 @@
+//! Writes from outside the application (a plain connection, as psql or
+//! another service would) reach the query cache through the installed
+//! triggers: by polling on every database, by NOTIFY on PostgreSQL.
+
+use std::time::{Duration, Instant};
+
+use larder_core::{Cache, Ttl};
+use larder_query::{install_sql, QueryCache, SqlDialect};
+use serde::{Deserialize, Serialize};
+use sqlx::Row;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Title {
+    title: String,
+}
+
+impl<'r, R> sqlx::FromRow<'r, R> for Title
+where
+    R: Row,
+    &'r str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(Title {
+            title: row.try_get("title")?,
+        })
+    }
+}
+
+fn cache() -> Cache {
+    Cache::builder(larder_mem::MemBackend::default())
+        .build()
+        .unwrap()
+}
+
+macro_rules! outside_scenario {
+    ($pool:expr, $dialect:expr, $table:expr, $watch:expr) => {{
+        let pool = $pool;
+        let table: &str = $table;
+        for stmt in install_sql($dialect, &[table]).unwrap() {
+            sqlx::raw_sql(&stmt).execute(&pool).await.unwrap();
+        }
+        sqlx::raw_sql(&format!(
+            "INSERT INTO {table} (id, title) VALUES (1, 'before')"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let qc = QueryCache::new(pool.clone(), cache(), $dialect, Ttl::secs(600));
+        let watcher = $watch(&qc);
+        let list = format!("SELECT title FROM {table} WHERE id = 1");
+        let wait_for = |want: &'static str| {
+            let (qc, list) = (qc.clone(), list.clone());
+            async move {
+                let until = Instant::now() + Duration::from_secs(5);
+                loop {
+                    let t: Title = qc.fetch_one(&list, &[]).await.unwrap();
+                    if t.title == want {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < until,
+                        "an outside write was not seen: still {:?}",
+                        t.title
+                    );
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        };
+        wait_for("before").await;
+        // psql, another service: a plain connection, no wrapper.
+        sqlx::raw_sql(&format!("UPDATE {table} SET title = 'after' WHERE id = 1"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        wait_for("after").await;
+        watcher.abort();
+        sqlx::raw_sql(&format!("DROP TABLE {table}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }};
+}
+
+fn name(tag: &str) -> String {
+    format!("qc_outside_{}_{tag}", std::process::id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_polling() {
+    let dir = std::env::temp_dir().join(format!("larder-qco-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(2)
+        .connect(&format!("sqlite://{}/o.db?mode=rwc", dir.display()))
+        .await
+        .unwrap();
+    let t = name("lite");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {t} (id INTEGER PRIMARY KEY, title TEXT)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    outside_scenario!(pool.clone(), SqlDialect::Sqlite, &t, |qc: &QueryCache<
+        sqlx::Sqlite,
+    >| qc
+        .watch_outside_writes(Duration::from_millis(50)));
+    pool.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_polling() {
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect("mysql://root@127.0.0.1:3306/test")
+        .await
+        .expect("MariaDB on 3306");
+    let t = name("my");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {t} (id BIGINT PRIMARY KEY, title VARCHAR(50))"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    outside_scenario!(pool, SqlDialect::MySql, &t, |qc: &QueryCache<
+        sqlx::MySql,
+    >| qc
+        .watch_outside_writes(Duration::from_millis(50)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_notify() {
+    let url = "postgres://postgres@127.0.0.1:5432/test";
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .expect("PostgreSQL on 5432");
+    let t = name("pg");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {t} (id BIGINT PRIMARY KEY, title TEXT)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    // No polling: the NOTIFY from the statement trigger (and one resync
+    // when the listener connects).
+    outside_scenario!(pool, SqlDialect::Postgres, &t, |qc: &QueryCache<
+        sqlx::Postgres,
+    >| qc
+        .watch_postgres(url));
+}
