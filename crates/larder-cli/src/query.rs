@@ -73,32 +73,25 @@ pub fn run(args: QueryArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
         let failed = |e: sqlx::Error| CliError::failed(format!("{}: {e}", a.database));
-        match dialect {
+        let done = match dialect {
             SqlDialect::Postgres => {
-                // One connection: DDL on one session, in order.
                 let pool = sqlx::PgPool::connect(&a.database).await.map_err(failed)?;
-                let mut conn = pool.acquire().await.map_err(failed)?;
-                for s in &statements {
-                    sqlx::raw_sql(s).execute(&mut *conn).await.map_err(failed)?;
-                }
+                larder_query::install(&pool, dialect, &tables).await
             }
             SqlDialect::MySql => {
                 let pool = sqlx::MySqlPool::connect(&a.database)
                     .await
                     .map_err(failed)?;
-                for s in &statements {
-                    sqlx::raw_sql(s).execute(&pool).await.map_err(failed)?;
-                }
+                larder_query::install(&pool, dialect, &tables).await
             }
             _ => {
                 let pool = sqlx::SqlitePool::connect(&a.database)
                     .await
                     .map_err(failed)?;
-                for s in &statements {
-                    sqlx::raw_sql(s).execute(&pool).await.map_err(failed)?;
-                }
+                larder_query::install(&pool, dialect, &tables).await
             }
-        }
+        };
+        done.map_err(|e| CliError::failed(format!("{}: {e}", a.database)))?;
         eprintln!(
             "installed change triggers on {} table(s): {}",
             tables.len(),

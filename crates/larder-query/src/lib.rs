@@ -24,7 +24,7 @@ mod query_cache;
 
 pub use analyze::{analyze, normalize, Analysis, Schema, SqlDialect};
 pub use generations::Generations;
-pub use outside::{install_sql, listen_postgres, CHANNEL, GENERATIONS_TABLE};
+pub use outside::{install, install_sql, listen_postgres, CHANNEL, GENERATIONS_TABLE};
 pub use query_cache::{
     CacheableDb, CachedTransaction, OutsideWrites, Param, QueryCache, RowsAffected,
 };

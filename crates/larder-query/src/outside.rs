@@ -160,6 +160,39 @@ where
     }
 }
 
+/// Runs [`install_sql`] on `pool`: on PostgreSQL as one transaction under
+/// an advisory lock (two installs at once would otherwise race on
+/// `CREATE OR REPLACE FUNCTION`: "tuple concurrently updated"), elsewhere
+/// statement by statement on one connection.
+pub async fn install<DB>(
+    pool: &sqlx::Pool<DB>,
+    dialect: SqlDialect,
+    tables: &[&str],
+) -> Result<(), larder_core::Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut <DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    let statements = install_sql(dialect, tables)?;
+    let err = |e: sqlx::Error| larder_core::Error::backend("sql", e);
+    let mut conn = pool.acquire().await.map_err(err)?;
+    if matches!(dialect, SqlDialect::Postgres | SqlDialect::Generic) {
+        let script = format!(
+            "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('{GENERATIONS_TABLE}'));\n{};\nCOMMIT;",
+            statements.join(";\n")
+        );
+        sqlx::raw_sql(&script)
+            .execute(&mut *conn)
+            .await
+            .map_err(err)?;
+    } else {
+        for s in &statements {
+            sqlx::raw_sql(s).execute(&mut *conn).await.map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

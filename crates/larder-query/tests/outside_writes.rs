@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use larder_core::{Cache, Ttl};
-use larder_query::{install_sql, QueryCache, SqlDialect};
+use larder_query::{QueryCache, SqlDialect};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -37,9 +37,9 @@ macro_rules! outside_scenario {
     ($pool:expr, $dialect:expr, $table:expr, $watch:expr) => {{
         let pool = $pool;
         let table: &str = $table;
-        for stmt in install_sql($dialect, &[table]).unwrap() {
-            sqlx::raw_sql(&stmt).execute(&pool).await.unwrap();
-        }
+        larder_query::install(&pool, $dialect, &[table])
+            .await
+            .unwrap();
         sqlx::raw_sql(&format!(
             "INSERT INTO {table} (id, title) VALUES (1, 'before')"
         ))
