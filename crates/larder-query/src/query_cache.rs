@@ -88,7 +88,13 @@ pub struct QueryCache<DB: Database> {
     schema: Arc<Schema>,
     dialect: SqlDialect,
     ttl: Ttl,
+    /// Analyses by SQL text: parsing is most of a hit's CPU otherwise.
+    analyses: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Analysis>>>>,
 }
+
+/// Distinct SQL texts whose analysis is kept (the set is cleared when full;
+/// applications have a bounded set of statements).
+const ANALYSES_KEPT: usize = 4096;
 
 impl<DB: Database> Clone for QueryCache<DB> {
     fn clone(&self) -> Self {
@@ -99,7 +105,24 @@ impl<DB: Database> Clone for QueryCache<DB> {
             schema: self.schema.clone(),
             dialect: self.dialect,
             ttl: self.ttl,
+            analyses: self.analyses.clone(),
         }
+    }
+}
+
+impl<DB: Database> QueryCache<DB> {
+    /// The analysis of `sql`, parsed once.
+    fn analysis(&self, sql: &str) -> Arc<Analysis> {
+        let mut map = self.analyses.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(a) = map.get(sql) {
+            return a.clone();
+        }
+        let a = Arc::new(analyze(sql, self.dialect, &self.schema));
+        if map.len() >= ANALYSES_KEPT {
+            map.clear();
+        }
+        map.insert(sql.to_owned(), a.clone());
+        a
     }
 }
 
@@ -169,12 +192,14 @@ where
             schema: Arc::new(Schema::default()),
             dialect,
             ttl,
+            analyses: Default::default(),
         }
     }
 
     /// Declares views and the tables they read.
     pub fn with_schema(mut self, schema: Schema) -> Self {
         self.schema = Arc::new(schema);
+        self.analyses = Default::default();
         self
     }
 
@@ -207,9 +232,10 @@ where
     where
         T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
     {
-        match analyze(sql, self.dialect, &self.schema) {
+        let analysis = self.analysis(sql);
+        match &*analysis {
             Analysis::Read(tables) => {
-                let tables: Vec<String> = tables.into_iter().collect();
+                let tables: Vec<String> = tables.iter().cloned().collect();
                 let Some(key) = self.key(sql, params, &tables).await else {
                     return self.run_all(sql, params).await;
                 };
@@ -219,7 +245,7 @@ where
             }
             other => {
                 let rows = self.run_all(sql, params).await?;
-                self.after_write(&other).await;
+                self.after_write(other).await;
                 Ok(rows)
             }
         }
@@ -250,7 +276,7 @@ where
     /// A statement that cannot be analyzed invalidates every table.
     /// Returns the rows affected.
     pub async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64, Error> {
-        let analysis = analyze(sql, self.dialect, &self.schema);
+        let analysis = self.analysis(sql);
         let q = bind_all!(sqlx::query::<DB>(sql), params);
         let done = q
             .execute(&self.pool)
@@ -381,8 +407,8 @@ where
     where
         T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
     {
-        let analysis = analyze(sql, self.qc.dialect, &self.qc.schema);
-        let from_cache = match &analysis {
+        let analysis = self.qc.analysis(sql);
+        let from_cache = match &*analysis {
             Analysis::Read(tables) => !self.wrote_unknown && tables.is_disjoint(&self.written),
             _ => false,
         };
@@ -400,7 +426,7 @@ where
 
     /// Runs a statement in the transaction, remembering what it writes.
     pub async fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64, Error> {
-        let analysis = analyze(sql, self.qc.dialect, &self.qc.schema);
+        let analysis = self.qc.analysis(sql);
         let q = bind_all!(sqlx::query::<DB>(sql), params);
         let done = q
             .execute(&mut *self.tx)

@@ -226,3 +226,29 @@ async fn mariadb() {
             .unwrap();
     }
 }
+
+/// With the cache store dead, queries go to the database and still succeed.
+#[tokio::test]
+async fn a_dead_cache_store_is_a_miss_not_an_error() {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .expect("PostgreSQL on 5432");
+    // Nothing listens on port 1: every cache call fails.
+    let dead = larder_memcached::MemcachedBackend::new(larder_memcached::MemcachedConfig::new([
+        "127.0.0.1:1",
+    ]))
+    .unwrap();
+    let qc = QueryCache::new(pool, Cache::new(dead), SqlDialect::Postgres, Ttl::secs(60));
+    for _ in 0..3 {
+        let rows: Vec<PostRow> = qc
+            .fetch_all(
+                "SELECT 1::bigint AS id, 'x' AS title, 0::bigint AS comments",
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+    }
+}
