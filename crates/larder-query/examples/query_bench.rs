@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! cargo run --release -p larder-query --example query_bench -- \
-//!     [postgres://postgres@127.0.0.1:5432/test] [mem://|redis://127.0.0.1:6379/0]
+//!     [postgres://postgres@127.0.0.1:5432/test] [mem://|redis://127.0.0.1:6379/0] \
+//!     [postgres://postgres@127.0.0.1:9999/test]    # optional: pgpool-II with its query cache
 //! ```
 
 use std::time::{Duration, Instant};
@@ -59,6 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".into());
     let store = args.next().unwrap_or_else(|| "mem://".into());
+    let pgpool = args.next();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(4)
         .connect(&db)
@@ -111,6 +113,43 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "cached p50 is {:.1}x faster",
         uncached.as_secs_f64() / cached.as_secs_f64()
     );
+    if let Some(url) = &pgpool {
+        let pp = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect(url)
+            .await?;
+        for a in &authors {
+            let _: Vec<PostCount> = sqlx::query_as(QUERY).bind(*a).fetch_all(&pp).await?;
+        }
+        let mut t = Vec::with_capacity(n);
+        let wall = Instant::now();
+        for i in 0..n {
+            let a = authors[i % authors.len()];
+            let s = Instant::now();
+            let rows: Vec<PostCount> = sqlx::query_as(QUERY).bind(a).fetch_all(&pp).await?;
+            std::hint::black_box(rows);
+            t.push(s.elapsed());
+        }
+        let p = report("pgpool-II query cache", t, wall.elapsed());
+        println!(
+            "pgpool-II p50 is {:.1}x faster than uncached",
+            uncached.as_secs_f64() / p.as_secs_f64()
+        );
+        let write = "UPDATE qb_post SET title = $1 WHERE id = $2";
+        let mut t = Vec::with_capacity(1000);
+        let wall = Instant::now();
+        for i in 0..1000 {
+            let s = Instant::now();
+            sqlx::query(write)
+                .bind(format!("p{i}"))
+                .bind(1 + (i as i64 % 10000))
+                .execute(&pp)
+                .await?;
+            t.push(s.elapsed());
+        }
+        report("write through pgpool-II", t, wall.elapsed());
+        pp.close().await;
+    }
 
     let write = "UPDATE qb_post SET title = $1 WHERE id = $2";
     let m = 1000;

@@ -4,10 +4,12 @@
 //!    back, writes through a plain connection followed by one poll of the
 //!    trigger counts (the documented bound); after every step every cached
 //!    read equals a direct read.
-//! 2. Concurrent: a writer raises a value through the cache's `execute`
-//!    and publishes each value once `execute` has returned; readers must
-//!    never see a value older than what was published when their read
-//!    began (zero stale reads after an in-app write commits).
+//! 2. Concurrent: a writer raises three values, one by autocommit writes,
+//!    one by transactions, one through a plain connection followed by one
+//!    poll, and publishes each once that has returned; readers must never
+//!    see a value older than what was published when their read began
+//!    (zero stale reads after an in-app write commits, or after the poll
+//!    that bounds outside writes).
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
@@ -120,20 +122,47 @@ macro_rules! model {
             assert_eq!(cached.v, direct, "step {step}: the sum is stale");
         }
 
-        // Concurrent: values only grow; a reader starting after `published`
+        // Concurrent: values only grow. Row 0: autocommit writes; row 1:
+        // transactions; row 2: a plain connection followed by one poll of
+        // the trigger counts. A reader starting after a value was published
         // must see at least it.
-        let published = Arc::new(AtomicI64::new(0));
-        qc.execute(&set, &[Param::from(0i64), Param::from(0i64)])
-            .await
-            .unwrap();
+        for id in 0..3i64 {
+            qc.execute(&set, &[Param::from(0i64), Param::from(id)])
+                .await
+                .unwrap();
+        }
+        let published: Arc<[AtomicI64; 3]> = Arc::new(Default::default());
+        let seen = Arc::new(tokio::sync::Mutex::new(seen));
         let writer = {
-            let (qc, published, set) = (qc.clone(), published.clone(), set.clone());
+            let (qc, published, set, pool, seen) = (
+                qc.clone(),
+                published.clone(),
+                set.clone(),
+                pool.clone(),
+                seen.clone(),
+            );
             tokio::spawn(async move {
-                for n in 1..=60i64 {
+                for n in 1..=40i64 {
                     qc.execute(&set, &[Param::from(n), Param::from(0i64)])
                         .await
                         .unwrap();
-                    published.store(n, Ordering::SeqCst);
+                    published[0].store(n, Ordering::SeqCst);
+                    let mut tx = qc.begin().await.unwrap();
+                    tx.execute(&set, &[Param::from(n), Param::from(1i64)])
+                        .await
+                        .unwrap();
+                    tx.commit().await.unwrap();
+                    published[1].store(n, Ordering::SeqCst);
+                    sqlx::query(&set)
+                        .bind(n)
+                        .bind(2i64)
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                    qc.sync_outside_writes(&mut *seen.lock().await)
+                        .await
+                        .unwrap();
+                    published[2].store(n, Ordering::SeqCst);
                 }
             })
         };
@@ -142,15 +171,17 @@ macro_rules! model {
             let (qc, published, one) = (qc.clone(), published.clone(), one.clone());
             readers.push(tokio::spawn(async move {
                 let mut reads = 0;
-                while published.load(Ordering::SeqCst) < 60 {
-                    let floor = published.load(Ordering::SeqCst);
-                    let got: Val = qc.fetch_one(&one, &[Param::from(0i64)]).await.unwrap();
-                    assert!(
-                        got.v >= floor,
-                        "stale read: {} after {} was committed",
-                        got.v,
-                        floor
-                    );
+                while published[2].load(Ordering::SeqCst) < 40 {
+                    for id in 0..3usize {
+                        let floor = published[id].load(Ordering::SeqCst);
+                        let got: Val = qc.fetch_one(&one, &[Param::from(id as i64)]).await.unwrap();
+                        assert!(
+                            got.v >= floor,
+                            "row {id}: stale read {} after {} was committed",
+                            got.v,
+                            floor
+                        );
+                    }
                     reads += 1;
                     // Hits on the memory store never suspend: let the writer run.
                     tokio::task::yield_now().await;
