@@ -2,9 +2,10 @@
 //!
 //! Query-result caching with automatic invalidation (what Cache Machine and
 //! Johnny-Cache did for Django's ORM), for sqlx on SQLite, PostgreSQL and
-//! MySQL/MariaDB. Being built in steps (issue 6): analysis, generations,
-//! [`QueryCache`] with transactions, and triggers for outside writes are
-//! here; the randomized model tests and the benchmark are not yet.
+//! MySQL/MariaDB: [`QueryCache`] (reads cached under the generations of the
+//! tables they read, writes and transactions bumping them after commit),
+//! and triggers ([`install`]) through which writes from outside the
+//! application invalidate too.
 //!
 //! - [`analyze`] reads a statement's parse tree (sqlparser) and says which
 //!   tables it reads (joins, subqueries, CTEs excluded, declared views

@@ -78,9 +78,9 @@ where
 /// autocommit: once it has committed), so no result computed before it
 /// matches again.
 ///
-/// Transactions: [`QueryCache::begin`]. Not yet (issue 6, later steps):
-/// writes from outside the application (triggers), the randomized model
-/// tests.
+/// Transactions: [`QueryCache::begin`]. Writes from outside the
+/// application: [`crate::install`], then [`QueryCache::watch_outside_writes`]
+/// or [`QueryCache::watch_postgres`].
 pub struct QueryCache<DB: Database> {
     pool: Pool<DB>,
     cache: Cache,
