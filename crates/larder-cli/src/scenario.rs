@@ -180,6 +180,43 @@ async fn set_and_wait_expiry(cache: &Cache, ttl: Ttl) -> Result<f64, Error> {
 
 // ---------------------------------------------------------------- herd
 
+/// Releases `clients` callers of the expired key at once; returns each
+/// one's latency (s) and the length of the value it got.
+async fn release_herd(
+    cache: &Cache,
+    clients: usize,
+    ttl: Ttl,
+    origin: &Origin,
+    sleep: Duration,
+    epoch: Instant,
+) -> Vec<(f64, Result<usize, Error>)> {
+    let barrier = Arc::new(tokio::sync::Barrier::new(clients + 1));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (cache, origin, barrier) = (cache.clone(), origin.clone(), barrier.clone());
+        tasks.push(tokio::spawn(async move {
+            barrier.wait().await;
+            let t0 = Instant::now();
+            let v = cache
+                .get_or_compute(KEY, ttl, || origin.compute(sleep, epoch))
+                .await;
+            (t0.elapsed().as_secs_f64(), v.map(|v: Vec<u8>| v.len()))
+        }));
+    }
+    barrier.wait().await;
+    let mut out = Vec::with_capacity(clients);
+    for t in tasks {
+        out.push(match t.await {
+            Ok(r) => r,
+            Err(e) => (
+                f64::NAN,
+                Err(Error::config(format!("caller task failed: {e}"))),
+            ),
+        });
+    }
+    out
+}
+
 async fn herd(args: &BenchArgs, name: &str, url: &str) -> Result<Vec<serde_json::Value>, Error> {
     let cache = open(url, "herd").await?;
     let ttl = Ttl::After(Duration::from_secs(args.ttl_secs));
@@ -194,24 +231,9 @@ async fn herd(args: &BenchArgs, name: &str, url: &str) -> Result<Vec<serde_json:
     for r in 0..args.rounds {
         let expired_after = set_and_wait_expiry(&cache, ttl).await?;
         origin.take();
-        let barrier = Arc::new(tokio::sync::Barrier::new(args.clients + 1));
-        let mut tasks = Vec::new();
-        for _ in 0..args.clients {
-            let (cache, origin, barrier) = (cache.clone(), origin.clone(), barrier.clone());
-            tasks.push(tokio::spawn(async move {
-                barrier.wait().await;
-                let t0 = Instant::now();
-                let v = cache
-                    .get_or_compute(KEY, ttl, || origin.compute(sleep, epoch))
-                    .await;
-                (t0.elapsed().as_secs_f64(), v.map(|v| v.len()))
-            }));
-        }
         let t_herd = Instant::now();
-        barrier.wait().await;
         let mut lat = Vec::new();
-        for t in tasks {
-            let (l, v) = t.await.map_err(|e| Error::config(e.to_string()))?;
+        for (l, v) in release_herd(&cache, args.clients, ttl, &origin, sleep, epoch).await {
             match v {
                 Ok(n) if n == PAYLOAD_BYTES => {}
                 Ok(n) => errors.push(format!("bad value of {n} bytes")),
@@ -307,26 +329,10 @@ async fn herd_worker(args: &BenchArgs) -> Result<(), CliError> {
         if line != "go" {
             break;
         }
-        let barrier = Arc::new(tokio::sync::Barrier::new(args.clients + 1));
-        let mut tasks = Vec::new();
-        for _ in 0..args.clients {
-            let (cache, origin, barrier) = (cache.clone(), origin.clone(), barrier.clone());
-            tasks.push(tokio::spawn(async move {
-                barrier.wait().await;
-                let t0 = Instant::now();
-                let ok = cache
-                    .get_or_compute(KEY, ttl, || origin.compute(sleep, epoch))
-                    .await
-                    .is_ok_and(|v| v.len() == PAYLOAD_BYTES);
-                (t0.elapsed().as_secs_f64(), ok)
-            }));
-        }
-        barrier.wait().await;
         let mut lat = Vec::new();
         let mut failed = 0;
-        for t in tasks {
-            let (l, ok) = t.await.map_err(|e| CliError::failed(e.to_string()))?;
-            failed += u32::from(!ok);
+        for (l, v) in release_herd(&cache, args.clients, ttl, &origin, sleep, epoch).await {
+            failed += u32::from(!v.is_ok_and(|n| n == PAYLOAD_BYTES));
             lat.push(format!("{l:.6}"));
         }
         println!("done {} {failed} {}", origin.take(), lat.join(","));

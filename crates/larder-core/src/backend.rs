@@ -218,6 +218,30 @@ pub fn lease_key(key: &str) -> String {
     k
 }
 
+/// Takes a lease kept as an entry of its own (`lease_key(key)` holding the
+/// grant's id), using the backend's atomic `add`: the way backends without
+/// native leases (SQL tables) implement [`Backend::lease_acquire`].
+pub async fn acquire_lease_by_add<B: Backend + ?Sized>(
+    backend: &B,
+    key: &str,
+    ttl: Duration,
+    seen: Option<Bytes>,
+) -> Result<LeaseGrant> {
+    let lease = LeaseToken::new(seen);
+    let won = backend
+        .add(
+            &lease_key(key),
+            Bytes::from(lease.id_hex()),
+            Expiry::After(ttl.max(Duration::from_millis(1))),
+        )
+        .await?;
+    Ok(if won {
+        LeaseGrant::Won(lease)
+    } else {
+        LeaseGrant::Held
+    })
+}
+
 /// Which keys [`Backend::clear`] removes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClearScope<'a> {

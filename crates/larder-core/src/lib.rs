@@ -35,7 +35,9 @@ mod ttl;
 pub mod url;
 
 pub use async_trait::async_trait;
-pub use backend::{lease_key, Backend, Capabilities, ClearScope, LeaseGrant, LeaseToken};
+pub use backend::{
+    acquire_lease_by_add, lease_key, Backend, Capabilities, ClearScope, LeaseGrant, LeaseToken,
+};
 pub use blocking::BlockingIo;
 pub use breaker::{BreakerConfig, BreakerState};
 pub use bytes::Bytes;

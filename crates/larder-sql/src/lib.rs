@@ -556,19 +556,7 @@ impl Backend for SqlBackend {
         ttl: Duration,
         seen: Option<Bytes>,
     ) -> Result<LeaseGrant> {
-        let lease = LeaseToken::new(seen);
-        let won = self
-            .add(
-                &lease_key(key),
-                Bytes::from(lease.id_hex()),
-                Expiry::After(ttl.max(Duration::from_millis(1))),
-            )
-            .await?;
-        Ok(if won {
-            LeaseGrant::Won(lease)
-        } else {
-            LeaseGrant::Held
-        })
+        larder_core::acquire_lease_by_add(self, key, ttl, seen).await
     }
 
     /// One transaction: take (delete) our live lease row, lock the entry and
