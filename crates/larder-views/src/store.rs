@@ -1,62 +1,121 @@
-//! Where view documents live: nothing expires, and a document is only ever
-//! replaced by one computed from a newer change (a version per key), so
-//! retries and reordered work never move a view backwards.
+//! Where view documents live. Nothing expires, and a document is only ever
+//! replaced by one computed at a newer version (a ticket per key), so
+//! retries and reordered work never move a view backwards. A key whose
+//! source row is gone keeps a versioned tombstone for the same reason.
 
 use std::path::Path;
 use std::sync::Arc;
 
-use larder_core::{async_trait, Error, Result};
 use redb::{Database, ReadableTable, TableDefinition};
+
+use crate::error::{Error, Result};
 
 /// A stored document and the version it was computed at.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Versioned {
-    /// The change version the document reflects (monotonic per key).
+    /// The version the document was computed at (monotonic per key).
     pub version: u64,
-    /// The serialized document.
-    pub doc: Vec<u8>,
+    /// The serialized document (JSON); `None` for a tombstone (the key has
+    /// no document in the source any more).
+    pub doc: Option<Vec<u8>>,
 }
 
-/// A store of view documents.
-#[async_trait]
+/// One write to a store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Put {
+    /// The view key.
+    pub key: String,
+    /// The version it was computed at.
+    pub version: u64,
+    /// The document, or `None` to record that the key has none.
+    pub doc: Option<Vec<u8>>,
+}
+
+/// A store of view documents. Implementations must make each
+/// compare-and-write atomic: a put lands only if the stored version is
+/// older (or absent).
+#[async_trait::async_trait]
 pub trait DocStore: Send + Sync + 'static {
-    /// Stores `doc` for `(view, key)` unless a document of the same or a
-    /// newer version is there; returns whether it stored.
-    async fn put_if_newer(&self, view: &str, key: &str, version: u64, doc: Vec<u8>)
-        -> Result<bool>;
-    /// The document for `(view, key)`, if any.
-    async fn get(&self, view: &str, key: &str) -> Result<Option<Versioned>>;
+    /// A short name for errors and metrics.
+    fn name(&self) -> &'static str;
+    /// Writes each put whose version is newer than the stored one; returns
+    /// how many landed.
+    async fn put_many(&self, view: &str, puts: Vec<Put>) -> Result<usize>;
+    /// The stored entries for `keys`, in order.
+    async fn get_many(&self, view: &str, keys: &[String]) -> Result<Vec<Option<Versioned>>>;
+    /// Keys that have a document (tombstones excluded), sorted.
+    async fn keys(&self, view: &str) -> Result<Vec<String>>;
+    /// How many keys have a document.
+    async fn count(&self, view: &str) -> Result<u64> {
+        Ok(self.keys(view).await?.len() as u64)
+    }
+
+    /// One entry.
+    async fn get(&self, view: &str, key: &str) -> Result<Option<Versioned>> {
+        Ok(self
+            .get_many(view, &[key.to_owned()])
+            .await?
+            .pop()
+            .flatten())
+    }
+    /// One put; whether it landed.
+    async fn put_if_newer(
+        &self,
+        view: &str,
+        key: &str,
+        version: u64,
+        doc: Option<Vec<u8>>,
+    ) -> Result<bool> {
+        let put = Put {
+            key: key.to_owned(),
+            version,
+            doc,
+        };
+        Ok(self.put_many(view, vec![put]).await? == 1)
+    }
 }
 
 const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("larder_view_docs");
 
-fn err(e: impl std::error::Error + Send + Sync + 'static) -> Error {
-    Error::backend("redb", e)
+fn err(e: impl Into<crate::error::BoxError>) -> Error {
+    Error::store("redb", e)
 }
 
-/// One key for a view's document: the view name length-prefixed, so
-/// `("ab", "c")` and `("a", "bc")` differ.
-fn doc_key(view: &str, key: &str) -> String {
-    format!("{}:{view}:{key}", view.len())
+/// The view name, length-prefixed, so `("ab", "c")` and `("a", "bc")`
+/// differ and one view's keys are one contiguous range.
+fn view_prefix(view: &str) -> String {
+    format!("{}:{view}:", view.len())
 }
 
-fn encode(version: u64, doc: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(8 + doc.len());
+/// Version (8 bytes LE), then 1 + document or 0 for a tombstone.
+fn encode(version: u64, doc: Option<&[u8]>) -> Vec<u8> {
+    let mut v = Vec::with_capacity(9 + doc.map_or(0, <[u8]>::len));
     v.extend_from_slice(&version.to_le_bytes());
-    v.extend_from_slice(doc);
+    match doc {
+        Some(d) => {
+            v.push(1);
+            v.extend_from_slice(d);
+        }
+        None => v.push(0),
+    }
     v
 }
 
 fn decode(bytes: &[u8]) -> Option<Versioned> {
     let version = u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?);
-    Some(Versioned {
-        version,
-        doc: bytes[8..].to_vec(),
-    })
+    let doc = match bytes.get(8)? {
+        1 => Some(bytes[9..].to_vec()),
+        _ => None,
+    };
+    Some(Versioned { version, doc })
 }
 
-/// The embedded default: one redb file, crash-safe (redb commits are
-/// durable and atomic), in process.
+/// The embedded default: one redb file, crash-safe (every commit is
+/// durable and atomic), in process. One batch of puts is one write
+/// transaction (one fsync).
+///
+/// redb locks the file: one process opens it at a time. Several worker
+/// processes need a shared store ([`crate::RedisStore`], [`crate::SqlStore`]).
 #[derive(Clone)]
 pub struct RedbStore {
     db: Arc<Database>,
@@ -85,51 +144,78 @@ impl RedbStore {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db))
             .await
-            .map_err(|e| Error::backend("redb", e))?
+            .map_err(err)?
     }
 }
 
-#[async_trait]
+#[async_trait::async_trait]
 impl DocStore for RedbStore {
-    async fn put_if_newer(
-        &self,
-        view: &str,
-        key: &str,
-        version: u64,
-        doc: Vec<u8>,
-    ) -> Result<bool> {
-        let k = doc_key(view, key);
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+
+    async fn put_many(&self, view: &str, puts: Vec<Put>) -> Result<usize> {
+        let prefix = view_prefix(view);
         self.blocking(move |db| {
-            // redb serializes write transactions: the check and the write
-            // are atomic.
+            // redb serializes write transactions: each check-and-write is
+            // atomic, and the batch commits (or not) as one.
             let w = db.begin_write().map_err(err)?;
-            let stored = {
+            let mut stored = 0;
+            {
                 let mut t = w.open_table(DOCS).map_err(err)?;
-                let current = t
-                    .get(k.as_str())
-                    .map_err(err)?
-                    .and_then(|v| decode(v.value()).map(|d| d.version));
-                if current.is_some_and(|c| c >= version) {
-                    false
-                } else {
-                    t.insert(k.as_str(), encode(version, &doc).as_slice())
-                        .map_err(err)?;
-                    true
+                for p in puts {
+                    let k = format!("{prefix}{}", p.key);
+                    let current = t
+                        .get(k.as_str())
+                        .map_err(err)?
+                        .and_then(|v| decode(v.value()).map(|d| d.version));
+                    if current.is_none_or(|c| c < p.version) {
+                        t.insert(k.as_str(), encode(p.version, p.doc.as_deref()).as_slice())
+                            .map_err(err)?;
+                        stored += 1;
+                    }
                 }
-            };
+            }
             w.commit().map_err(err)?;
             Ok(stored)
         })
         .await
     }
 
-    async fn get(&self, view: &str, key: &str) -> Result<Option<Versioned>> {
-        let k = doc_key(view, key);
+    async fn get_many(&self, view: &str, keys: &[String]) -> Result<Vec<Option<Versioned>>> {
+        let prefix = view_prefix(view);
+        let keys = keys.to_vec();
         self.blocking(move |db| {
             let r = db.begin_read().map_err(err)?;
             let t = r.open_table(DOCS).map_err(err)?;
-            let v = t.get(k.as_str()).map_err(err)?;
-            Ok(v.and_then(|v| decode(v.value())))
+            keys.iter()
+                .map(|key| {
+                    let k = format!("{prefix}{key}");
+                    Ok(t.get(k.as_str())
+                        .map_err(err)?
+                        .and_then(|v| decode(v.value())))
+                })
+                .collect()
+        })
+        .await
+    }
+
+    async fn keys(&self, view: &str) -> Result<Vec<String>> {
+        let prefix = view_prefix(view);
+        self.blocking(move |db| {
+            let r = db.begin_read().map_err(err)?;
+            let t = r.open_table(DOCS).map_err(err)?;
+            let mut out = Vec::new();
+            for item in t.range(prefix.as_str()..).map_err(err)? {
+                let (k, v) = item.map_err(err)?;
+                let Some(key) = k.value().strip_prefix(prefix.as_str()) else {
+                    break;
+                };
+                if decode(v.value()).is_some_and(|d| d.doc.is_some()) {
+                    out.push(key.to_owned());
+                }
+            }
+            Ok(out)
         })
         .await
     }

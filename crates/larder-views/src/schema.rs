@@ -1,0 +1,231 @@
+//! The tables larder-views keeps in the source database, and the triggers
+//! that capture every write to a source table (raw SQL from other programs
+//! included) into the outbox.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::error::{Error, Result};
+use crate::source::{Dialect, Source};
+use crate::view::ViewDef;
+
+/// The outbox: pending changes, one row per captured row change or
+/// enqueued view key.
+pub const OUTBOX_TABLE: &str = "larder_outbox";
+/// Outbox entries that failed `max_attempts` times.
+pub const DEAD_TABLE: &str = "larder_outbox_dead";
+/// The version ticket (a sequence on PostgreSQL, a one-row table elsewhere).
+pub const TICKET: &str = "larder_view_ticket";
+/// The PostgreSQL NOTIFY channel that wakes workers.
+pub const CHANNEL: &str = "larder_outbox";
+
+fn identifier(what: &str, s: &str) -> Result<()> {
+    let ok = !s.is_empty()
+        && s.len() <= 60
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !s.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{what} {s:?} is not a plain identifier (letters, digits, _; at most 60)"
+        )))
+    }
+}
+
+/// The columns each source table's trigger captures: the union of what
+/// the views' dependencies on it read.
+pub fn captured_columns(views: &[&ViewDef]) -> Result<BTreeMap<String, BTreeSet<String>>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for v in views {
+        for d in &v.deps {
+            identifier("table", &d.table)?;
+            let cols = out.entry(d.table.clone()).or_default();
+            for c in d.columns() {
+                identifier("column", &c)?;
+                cols.insert(c);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The statements creating the outbox, dead-letter and ticket tables
+/// (idempotent).
+pub fn tables_sql(dialect: Dialect) -> Vec<String> {
+    let (id, text, int) = match dialect {
+        Dialect::Postgres => ("BIGSERIAL PRIMARY KEY", "TEXT", "BIGINT"),
+        Dialect::MySql => ("BIGINT AUTO_INCREMENT PRIMARY KEY", "TEXT", "BIGINT"),
+        Dialect::Sqlite => ("INTEGER PRIMARY KEY AUTOINCREMENT", "TEXT", "INTEGER"),
+    };
+    let mut out = vec![
+        format!(
+            "CREATE TABLE IF NOT EXISTS {OUTBOX_TABLE} (id {id}, view_name {text}, view_key {text}, \
+             table_name {text}, old_row {text}, new_row {text}, created_ms {int} NOT NULL, \
+             attempts {int} NOT NULL DEFAULT 0, claimed_until {int} NOT NULL DEFAULT 0, last_error {text})"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {DEAD_TABLE} (id {int} PRIMARY KEY, view_name {text}, view_key {text}, \
+             table_name {text}, old_row {text}, new_row {text}, created_ms {int} NOT NULL, \
+             attempts {int} NOT NULL, last_error {text}, failed_ms {int} NOT NULL)"
+        ),
+    ];
+    match dialect {
+        Dialect::Postgres => out.push(format!("CREATE SEQUENCE IF NOT EXISTS {TICKET}")),
+        Dialect::MySql | Dialect::Sqlite => {
+            out.push(format!(
+                "CREATE TABLE IF NOT EXISTS {TICKET} (id INTEGER PRIMARY KEY, v {int} NOT NULL)"
+            ));
+            let ignore = if dialect == Dialect::MySql {
+                "INSERT IGNORE"
+            } else {
+                "INSERT OR IGNORE"
+            };
+            out.push(format!("{ignore} INTO {TICKET} (id, v) VALUES (1, 0)"));
+        }
+    }
+    out
+}
+
+fn json_of(dialect: Dialect, row: &str, cols: &BTreeSet<String>) -> String {
+    let f = match dialect {
+        Dialect::Postgres => "json_build_object",
+        Dialect::MySql => "JSON_OBJECT",
+        Dialect::Sqlite => "json_object",
+    };
+    let args: Vec<String> = cols.iter().map(|c| format!("'{c}', {row}.{c}")).collect();
+    let obj = format!("{f}({})", args.join(", "));
+    if dialect == Dialect::Postgres {
+        format!("{obj}::text")
+    } else {
+        obj
+    }
+}
+
+/// The statements installing the capture triggers for one table
+/// (replacing earlier ones, so a changed column set takes effect).
+pub fn trigger_sql(dialect: Dialect, table: &str, cols: &BTreeSet<String>) -> Result<Vec<String>> {
+    identifier("table", table)?;
+    let now = dialect.now_ms();
+    let o = OUTBOX_TABLE;
+    let old = json_of(dialect, "OLD", cols);
+    let new = json_of(dialect, "NEW", cols);
+    let mut out = Vec::new();
+    match dialect {
+        Dialect::Postgres => {
+            out.push(format!(
+                "CREATE OR REPLACE FUNCTION larder_capture_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ \
+                 DECLARE o TEXT; n TEXT; \
+                 BEGIN \
+                   IF TG_OP <> 'INSERT' THEN o := {old}; END IF; \
+                   IF TG_OP <> 'DELETE' THEN n := {new}; END IF; \
+                   INSERT INTO {o} (table_name, old_row, new_row, created_ms) VALUES ('{table}', o, n, {now}); \
+                   PERFORM pg_notify('{CHANNEL}', ''); \
+                   RETURN NULL; \
+                 END $$"
+            ));
+            out.push(format!(
+                "DROP TRIGGER IF EXISTS larder_capture_{table} ON {table}"
+            ));
+            out.push(format!(
+                "CREATE TRIGGER larder_capture_{table} AFTER INSERT OR UPDATE OR DELETE ON {table} \
+                 FOR EACH ROW EXECUTE FUNCTION larder_capture_{table}()"
+            ));
+        }
+        Dialect::MySql | Dialect::Sqlite => {
+            for (ev, short, o_expr, n_expr) in [
+                ("INSERT", "ins", "NULL", new.as_str()),
+                ("UPDATE", "upd", old.as_str(), new.as_str()),
+                ("DELETE", "del", old.as_str(), "NULL"),
+            ] {
+                let insert = format!(
+                    "INSERT INTO {o} (table_name, old_row, new_row, created_ms) VALUES ('{table}', {o_expr}, {n_expr}, {now})"
+                );
+                out.push(format!(
+                    "DROP TRIGGER IF EXISTS larder_capture_{table}_{short}"
+                ));
+                out.push(if dialect == Dialect::MySql {
+                    format!(
+                        "CREATE TRIGGER larder_capture_{table}_{short} AFTER {ev} ON {table} FOR EACH ROW {insert}"
+                    )
+                } else {
+                    format!(
+                        "CREATE TRIGGER larder_capture_{table}_{short} AFTER {ev} ON {table} BEGIN {insert}; END"
+                    )
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Every statement [`install`] runs, in order (for review, or to run by
+/// hand: `larder views install --dry-run`).
+pub fn install_sql(dialect: Dialect, views: &[&ViewDef]) -> Result<Vec<String>> {
+    let mut out = tables_sql(dialect);
+    for (table, cols) in captured_columns(views)? {
+        out.extend(trigger_sql(dialect, &table, &cols)?);
+    }
+    Ok(out)
+}
+
+/// Creates the tables and (re)installs the triggers. On PostgreSQL in one
+/// transaction under an advisory lock (concurrent installs would race on
+/// `CREATE OR REPLACE FUNCTION`); elsewhere statement by statement on one
+/// connection.
+pub async fn install(source: &Source, views: &[&ViewDef]) -> Result<()> {
+    let statements = install_sql(source.dialect, views)?;
+    let mut conn = source.pool.acquire().await?;
+    match source.dialect {
+        Dialect::Postgres => {
+            let script = format!(
+                "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('{OUTBOX_TABLE}'));\n{};\nCOMMIT;",
+                statements.join(";\n")
+            );
+            sqlx::raw_sql(&script).execute(&mut *conn).await?;
+        }
+        Dialect::MySql | Dialect::Sqlite => {
+            for s in &statements {
+                sqlx::raw_sql(s).execute(&mut *conn).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::view::SqlView;
+
+    #[test]
+    fn columns_are_the_union_per_table_and_names_are_checked() {
+        let a = SqlView::new("q", "k")
+            .depends_on("posts", "id")
+            .depends_via("users", "id", "SELECT id FROM posts WHERE author_id = $1")
+            .named("a");
+        let b = SqlView::new("q", "k")
+            .depends_on("posts", "author_id")
+            .named("b");
+        let cols = captured_columns(&[&a, &b]).unwrap();
+        assert_eq!(
+            cols["posts"].iter().cloned().collect::<Vec<_>>(),
+            vec!["author_id".to_owned(), "id".to_owned()]
+        );
+        assert_eq!(cols["users"].len(), 1);
+        let bad = SqlView::new("q", "k")
+            .depends_on("posts; DROP", "id")
+            .named("c");
+        assert!(captured_columns(&[&bad]).is_err());
+    }
+
+    #[test]
+    fn every_dialect_captures_insert_update_delete() {
+        let cols: BTreeSet<String> = ["id".to_owned(), "post_id".to_owned()].into();
+        for d in [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite] {
+            let sql = trigger_sql(d, "comments", &cols).unwrap().join("\n");
+            assert!(sql.contains("'post_id', NEW.post_id"), "{sql}");
+            assert!(sql.contains("'post_id', OLD.post_id"), "{sql}");
+            assert!(sql.contains("UPDATE") && sql.contains("DELETE") && sql.contains("INSERT"));
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! Every store keeps the same promise: a put lands only over an older
+//! version (also under concurrent writers), tombstones are versioned, reads
+//! keep the order asked, and documents survive a reopen.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use larder_views::{DocStore, Put, RedbStore, RedisStore, Source, SqlStore, Versioned};
+
+const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+fn put(key: &str, version: u64, doc: Option<&str>) -> Put {
+    Put {
+        key: key.to_owned(),
+        version,
+        doc: doc.map(|d| d.as_bytes().to_vec()),
+    }
+}
+
+async fn store_contract(s: Arc<dyn DocStore>, view: &str) {
+    assert!(s
+        .put_if_newer(view, "42", 2, Some(b"v2".to_vec()))
+        .await
+        .unwrap());
+    assert!(
+        !s.put_if_newer(view, "42", 1, Some(b"v1".to_vec()))
+            .await
+            .unwrap(),
+        "an older version replaced a newer one"
+    );
+    assert!(!s
+        .put_if_newer(view, "42", 2, Some(b"same".to_vec()))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.get(view, "42").await.unwrap(),
+        Some(Versioned {
+            version: 2,
+            doc: Some(b"v2".to_vec())
+        })
+    );
+    // A tombstone is versioned like a document: an older document cannot
+    // resurrect the key.
+    assert!(s.put_if_newer(view, "42", 3, None).await.unwrap());
+    assert!(!s
+        .put_if_newer(view, "42", 2, Some(b"old".to_vec()))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.get(view, "42").await.unwrap(),
+        Some(Versioned {
+            version: 3,
+            doc: None
+        })
+    );
+    assert!(s
+        .put_if_newer(view, "42", 4, Some(b"back".to_vec()))
+        .await
+        .unwrap());
+
+    // Batches: each put judged on its own; order of reads kept.
+    let n = s
+        .put_many(
+            view,
+            vec![
+                put("a", 5, Some("A")),
+                put("b", 5, Some("B")),
+                put("42", 1, Some("no")),
+            ],
+        )
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    let got = s
+        .get_many(view, &["b".into(), "missing".into(), "a".into()])
+        .await
+        .unwrap();
+    assert_eq!(got[0].as_ref().unwrap().doc.as_deref(), Some(&b"B"[..]));
+    assert_eq!(got[1], None);
+    assert_eq!(got[2].as_ref().unwrap().doc.as_deref(), Some(&b"A"[..]));
+    assert!(s.get_many(view, &[]).await.unwrap().is_empty());
+    assert!(s.put_many(view, vec![]).await.unwrap() == 0);
+
+    // Views do not see each other's keys (also with look-alike names).
+    let other = format!("{view}x");
+    assert!(s
+        .put_if_newer(&other, "a", 1, Some(b"other".to_vec()))
+        .await
+        .unwrap());
+    assert_eq!(
+        s.keys(view).await.unwrap(),
+        vec!["42".to_owned(), "a".into(), "b".into()]
+    );
+    assert_eq!(s.count(view).await.unwrap(), 3);
+    assert_eq!(s.count(&other).await.unwrap(), 1);
+    s.put_if_newer(view, "b", 9, None).await.unwrap();
+    assert_eq!(
+        s.count(view).await.unwrap(),
+        2,
+        "tombstones are not documents"
+    );
+
+    // Concurrent writers with shuffled versions: the highest wins.
+    let mut tasks = Vec::new();
+    for w in 0..8u64 {
+        let s = s.clone();
+        let view = view.to_owned();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..25u64 {
+                let v = 100 + ((i * 8 + w) * 7919) % 200;
+                s.put_if_newer(&view, "hot", v, Some(v.to_string().into_bytes()))
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let hot = s.get(view, "hot").await.unwrap().unwrap();
+    assert_eq!(hot.version, 299);
+    assert_eq!(hot.doc, Some(b"299".to_vec()));
+}
+
+fn view_name() -> String {
+    format!("v{}_{}", std::process::id(), fastrand::u32(..))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_store_keeps_the_contract_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("views.redb");
+    {
+        let s: Arc<dyn DocStore> = Arc::new(RedbStore::open(&path).unwrap());
+        store_contract(s, "post").await;
+    }
+    let s = RedbStore::open(&path).unwrap();
+    assert_eq!(
+        s.get("post", "a").await.unwrap().unwrap().doc.as_deref(),
+        Some(&b"A"[..])
+    );
+    assert_eq!(s.count("post").await.unwrap(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_keeps_the_contract() {
+    let s = RedisStore::connect(REDIS, &format!("lvtest{}", std::process::id()))
+        .await
+        .expect("Redis on 6379 (see scripts/services)");
+    store_contract(Arc::new(s), &view_name()).await;
+}
+
+async fn sql_store(db: Db) {
+    let t = fresh_db(db).await;
+    let s = SqlStore::on(Source::connect(&t.url, 8).await.unwrap())
+        .await
+        .unwrap();
+    // Creating the table again is harmless.
+    let s2 = SqlStore::connect(&t.url).await.unwrap();
+    store_contract(Arc::new(s), "post").await;
+    assert_eq!(
+        s2.count("post").await.unwrap(),
+        3,
+        "a second handle sees the same table"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_store_keeps_the_contract_sqlite() {
+    sql_store(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_store_keeps_the_contract_postgres() {
+    sql_store(Db::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sql_store_keeps_the_contract_mysql() {
+    sql_store(Db::MySql).await;
+}
+
+#[tokio::test]
+async fn a_dead_store_is_a_clear_error() {
+    let e = RedisStore::connect("redis://127.0.0.1:1/0", "x")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("view store (redis)"), "{e}");
+    let e = SqlStore::connect("postgres://postgres@127.0.0.1:1/test")
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("source database"), "{e}");
+}
