@@ -5,6 +5,7 @@ mod createcachetable;
 mod proxy;
 mod query;
 mod scenario;
+mod views;
 
 use std::process::ExitCode;
 
@@ -33,6 +34,10 @@ enum Command {
     /// invalidate cached queries.
     #[command(after_help = query::EXAMPLES)]
     Query(query::QueryArgs),
+    /// Denormalized views declared in a views file: install the outbox and
+    /// triggers, run workers, status, rebuild, verify, repair.
+    #[command(after_help = views::EXAMPLES)]
+    Views(views::ViewsArgs),
     /// Create the cache table of a SQL cache (idempotent).
     #[command(after_help = createcachetable::EXAMPLES)]
     Createcachetable(createcachetable::CreateCacheTableArgs),
@@ -52,6 +57,7 @@ fn main() -> ExitCode {
         Command::Createcachetable(args) => createcachetable::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Query(args) => query::run(args),
+        Command::Views(args) => views::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -65,8 +71,8 @@ fn main() -> ExitCode {
 /// An error of the command line, with the exit code it maps to.
 #[derive(Debug)]
 pub struct CliError {
-    message: String,
-    code: u8,
+    pub(crate) message: String,
+    pub(crate) code: u8,
 }
 
 impl CliError {

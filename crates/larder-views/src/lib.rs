@@ -81,6 +81,7 @@ pub use sql_store::{SqlStore, DOCS_TABLE};
 pub use store::{DocStore, Put, RedbStore, Versioned};
 pub use view::{Dependency, DependencySpec, KeyType, RowChange, SqlView, View, ViewDef};
 pub use views::{
-    Drift, DriftKind, Progress, RebuildReport, Status, VerifyReport, Views, ViewsBuilder,
+    outbox_status, Drift, DriftKind, Progress, RebuildReport, Status, VerifyReport, Views,
+    ViewsBuilder,
 };
 pub use worker::{BatchReport, Worker, WorkerConfig};

@@ -56,6 +56,12 @@ impl RedisStore {
     /// `{<prefix>:<view>}:v` (versions) and `{<prefix>:<view>}:d` (documents).
     pub async fn connect(url: &str, prefix: &str) -> Result<RedisStore> {
         let client = redis::Client::open(url).map_err(err)?;
+        // A plain connection first: a dead server is an error at once, not
+        // after the connection manager's retries.
+        client
+            .get_multiplexed_async_connection()
+            .await
+            .map_err(err)?;
         let conn = ConnectionManager::new(client).await.map_err(err)?;
         Ok(RedisStore {
             conn,

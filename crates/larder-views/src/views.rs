@@ -165,6 +165,52 @@ pub struct RebuildReport {
 
 const CHUNK: usize = 256;
 
+/// The outbox part of [`Views::status`] (documents left empty): needs only
+/// the source database, so it works while another process holds the store
+/// (an embedded redb file).
+pub async fn outbox_status(s: &Source) -> Result<Status> {
+    let now = s.dialect.now_ms();
+    let row = sqlx::query(&format!(
+        "SELECT COUNT(*), COUNT(CASE WHEN claimed_until > {now} AND attempts = 0 THEN 1 END), \
+             COALESCE({now} - MIN(created_ms), -1) FROM {OUTBOX_TABLE}"
+    ))
+    .fetch_one(&s.pool)
+    .await?;
+    let backlog: i64 = row.try_get(0)?;
+    let in_flight: i64 = row.try_get(1)?;
+    let lag: i64 = row.try_get(2)?;
+    let dead: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {DEAD_TABLE}"))
+        .fetch_one(&s.pool)
+        .await?
+        .try_get(0)?;
+    let mut by_origin = BTreeMap::new();
+    let rows = sqlx::query(&format!(
+        "SELECT COALESCE(table_name, view_name), COUNT(*), COUNT(table_name) \
+             FROM {OUTBOX_TABLE} GROUP BY COALESCE(table_name, view_name)"
+    ))
+    .fetch_all(&s.pool)
+    .await?;
+    for r in rows {
+        let name = crate::outbox::text(&r, 0)?.unwrap_or_default();
+        let n: i64 = r.try_get(1)?;
+        let from_tables: i64 = r.try_get(2)?;
+        let name = if from_tables == 0 {
+            format!("view:{name}")
+        } else {
+            name
+        };
+        by_origin.insert(name, n as u64);
+    }
+    Ok(Status {
+        backlog: backlog as u64,
+        in_flight: in_flight as u64,
+        lag_ms: (backlog > 0 && lag >= 0).then_some(lag as u64),
+        dead_letters: dead as u64,
+        backlog_by_origin: by_origin,
+        documents: BTreeMap::new(),
+    })
+}
+
 impl Views {
     /// Starts declaring views over `source`, stored in `store`.
     pub fn builder(source: Source, store: Arc<dyn DocStore>) -> ViewsBuilder {
@@ -314,51 +360,13 @@ impl Views {
 
     /// Outbox backlog, lag, dead letters and documents per view.
     pub async fn status(&self) -> Result<Status> {
-        let s = &self.inner.source;
-        let now = s.dialect.now_ms();
-        let row = sqlx::query(&format!(
-            "SELECT COUNT(*), COUNT(CASE WHEN claimed_until > {now} AND attempts = 0 THEN 1 END), \
-             COALESCE({now} - MIN(created_ms), -1) FROM {OUTBOX_TABLE}"
-        ))
-        .fetch_one(&s.pool)
-        .await?;
-        let backlog: i64 = row.try_get(0)?;
-        let in_flight: i64 = row.try_get(1)?;
-        let lag: i64 = row.try_get(2)?;
-        let dead: i64 = sqlx::query(&format!("SELECT COUNT(*) FROM {DEAD_TABLE}"))
-            .fetch_one(&s.pool)
-            .await?
-            .try_get(0)?;
-        let mut by_origin = BTreeMap::new();
-        let rows = sqlx::query(&format!(
-            "SELECT COALESCE(table_name, view_name), COUNT(*), COUNT(table_name) \
-             FROM {OUTBOX_TABLE} GROUP BY COALESCE(table_name, view_name)"
-        ))
-        .fetch_all(&s.pool)
-        .await?;
-        for r in rows {
-            let name = crate::outbox::text(&r, 0)?.unwrap_or_default();
-            let n: i64 = r.try_get(1)?;
-            let from_tables: i64 = r.try_get(2)?;
-            let name = if from_tables == 0 {
-                format!("view:{name}")
-            } else {
-                name
-            };
-            by_origin.insert(name, n as u64);
-        }
-        let mut documents = BTreeMap::new();
+        let mut status = outbox_status(&self.inner.source).await?;
         for name in self.inner.defs.keys() {
-            documents.insert(name.clone(), self.inner.store.count(name).await?);
+            status
+                .documents
+                .insert(name.clone(), self.inner.store.count(name).await?);
         }
-        Ok(Status {
-            backlog: backlog as u64,
-            in_flight: in_flight as u64,
-            lag_ms: (backlog > 0 && lag >= 0).then_some(lag as u64),
-            dead_letters: dead as u64,
-            backlog_by_origin: by_origin,
-            documents,
-        })
+        Ok(status)
     }
 
     /// Moves every dead letter back into the outbox; returns how many.

@@ -120,7 +120,7 @@ async fn app_outbox_in_transaction(db: Db) {
         let pool = pool.clone();
         async move {
             use sqlx::Row;
-            let row = sqlx::query(&match db {
+            let row = sqlx::query(match db {
                 Db::Postgres => "SELECT n FROM counters WHERE name = $1",
                 _ => "SELECT n FROM counters WHERE name = ?",
             })

@@ -1,0 +1,327 @@
+//! `larder views` as an operator runs it, and the crash-safety guarantee:
+//! worker processes SIGKILLed at random points during a stream of writes,
+//! restarted, and afterwards the views equal a full recomputation, on
+//! SQLite (embedded redb store) and PostgreSQL (two worker processes
+//! sharing the outbox and an SQL store).
+
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::Row;
+
+const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+const VIEWS_TOML: &str = r#"
+[views.post_page]
+query = "SELECT p.id, p.title, u.name AS author, (SELECT COUNT(*) FROM comments c WHERE c.post_id = p.id) AS comments FROM posts p JOIN users u ON u.id = p.author_id WHERE p.id = $1"
+keys = "SELECT id FROM posts"
+depends = [
+  { table = "posts", column = "id" },
+  { table = "comments", column = "post_id" },
+  { table = "users", column = "id", lookup = "SELECT id FROM posts WHERE author_id = $1" },
+]
+
+[views.user_card]
+query = "SELECT u.id, u.name, (SELECT COUNT(*) FROM posts p WHERE p.author_id = u.id) AS posts FROM users u WHERE u.id = $1"
+keys = "SELECT id FROM users"
+depends = [
+  { table = "users", column = "id" },
+  { table = "posts", column = "author_id" },
+]
+"#;
+
+struct Env {
+    database: String,
+    store: String,
+    views_file: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Env {
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_larder"));
+        c.arg("views")
+            .args(args)
+            .env("LARDER_DATABASE_URL", &self.database)
+            .env("LARDER_VIEWS_STORE", &self.store)
+            .env("LARDER_VIEWS_FILE", &self.views_file);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run larder")
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "larder views {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    fn spawn_worker(&self, workers: &str) -> Child {
+        self.cmd(&[
+            "work",
+            "--workers",
+            workers,
+            "--lease-ms",
+            "1000",
+            "--batch",
+            "64",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn larder views work")
+    }
+
+    fn backlog(&self) -> u64 {
+        let s: serde_json::Value = serde_json::from_str(&self.ok(&["status", "--json"])).unwrap();
+        s["backlog"].as_u64().unwrap()
+    }
+}
+
+async fn setup(postgres: bool, store_sql: bool) -> (Env, sqlx::AnyPool) {
+    sqlx::any::install_default_drivers();
+    let dir = tempfile::tempdir().unwrap();
+    let database = if postgres {
+        let name = format!("lvcli_{}_{}", std::process::id(), fastrand::u32(..));
+        let admin = sqlx::AnyPool::connect(PG_ADMIN)
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432 (see scripts/services)");
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&admin)
+            .await
+            .unwrap();
+        format!("postgres://postgres@127.0.0.1:5432/{name}")
+    } else {
+        format!(
+            "sqlite://{}?mode=rwc",
+            dir.path().join("forum.db").display()
+        )
+    };
+    let views_file = dir.path().join("views.toml");
+    std::fs::write(&views_file, VIEWS_TOML).unwrap();
+    let store = if store_sql {
+        "sql".to_owned()
+    } else {
+        format!("redb:{}", dir.path().join("views.redb").display())
+    };
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(6)
+        .connect(&database)
+        .await
+        .unwrap();
+    for ddl in [
+        "CREATE TABLE users (id BIGINT PRIMARY KEY, name TEXT NOT NULL)",
+        "CREATE TABLE posts (id BIGINT PRIMARY KEY, author_id BIGINT NOT NULL, title TEXT NOT NULL)",
+        "CREATE INDEX posts_author ON posts (author_id)",
+        "CREATE TABLE comments (id BIGINT PRIMARY KEY, post_id BIGINT NOT NULL, body TEXT NOT NULL)",
+        "CREATE INDEX comments_post ON comments (post_id)",
+    ] {
+        sqlx::query(ddl).execute(&pool).await.unwrap();
+    }
+    for u in 1..=5 {
+        sqlx::query(&format!(
+            "INSERT INTO users (id, name) VALUES ({u}, 'user{u}')"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    for p in 1..=40 {
+        sqlx::query(&format!(
+            "INSERT INTO posts (id, author_id, title) VALUES ({p}, {}, 'post{p}')",
+            p % 5 + 1
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    let env = Env {
+        database,
+        store,
+        views_file: views_file.display().to_string(),
+        _dir: dir,
+    };
+    (env, pool)
+}
+
+/// One random write, as its own transaction; returns false when the write
+/// lost a race (a duplicate id) and changed nothing.
+async fn random_write(pool: &sqlx::AnyPool, next_id: &AtomicU64) -> bool {
+    let id = next_id.fetch_add(1, Ordering::SeqCst);
+    let post = fastrand::u64(1..=45);
+    let user = fastrand::u64(1..=5);
+    let sql = match fastrand::u8(0..10) {
+        0..=3 => format!("INSERT INTO comments (id, post_id, body) VALUES ({id}, {post}, 'c')"),
+        4 => format!("DELETE FROM comments WHERE post_id = {post}"),
+        5 => format!("UPDATE users SET name = 'user{user}-{id}' WHERE id = {user}"),
+        6 => format!("UPDATE posts SET author_id = {user} WHERE id = {post}"),
+        7 => format!("UPDATE posts SET title = 'title{id}' WHERE id = {post}"),
+        8 => format!(
+            "INSERT INTO posts (id, author_id, title) VALUES ({}, {user}, 'new')",
+            40 + fastrand::u64(1..=5)
+        ),
+        _ => format!("DELETE FROM posts WHERE id = {}", 40 + fastrand::u64(1..=5)),
+    };
+    sqlx::query(&sql).execute(pool).await.is_ok()
+}
+
+async fn crash_safety(postgres: bool) {
+    let (env, pool) = setup(postgres, postgres).await;
+    let out = env.ok(&["install"]);
+    assert!(
+        out.contains("post_page") && out.contains("user_card"),
+        "{out}"
+    );
+
+    // Writers: three concurrent streams for 5 s.
+    let stop = Arc::new(AtomicBool::new(false));
+    let next_id = Arc::new(AtomicU64::new(1000));
+    let writes = Arc::new(AtomicU64::new(0));
+    let mut writers = Vec::new();
+    for _ in 0..3 {
+        let (pool, stop, next_id, writes) =
+            (pool.clone(), stop.clone(), next_id.clone(), writes.clone());
+        writers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::SeqCst) {
+                if random_write(&pool, &next_id).await {
+                    writes.fetch_add(1, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(fastrand::u64(0..4))).await;
+            }
+        }));
+    }
+    // Workers: killed with SIGKILL at random points and restarted. On
+    // PostgreSQL two processes with two workers each share the outbox.
+    let processes = if postgres { 2 } else { 1 };
+    let mut children: Vec<Child> = (0..processes).map(|_| env.spawn_worker("2")).collect();
+    let mut kills = 0;
+    let end = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < end {
+        tokio::time::sleep(Duration::from_millis(fastrand::u64(150..600))).await;
+        let victim = fastrand::usize(0..children.len());
+        children[victim].kill().unwrap(); // SIGKILL
+        children[victim].wait().unwrap();
+        kills += 1;
+        children[victim] = env.spawn_worker("2");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for w in writers {
+        w.await.unwrap();
+    }
+    assert!(kills >= 5, "only {kills} kills");
+    assert!(
+        writes.load(Ordering::SeqCst) > 200,
+        "too few writes to mean anything"
+    );
+
+    // Let the live workers drain (a killed worker's claims come back after
+    // the 1 s lease), then stop them.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut backlog = env.backlog();
+    while backlog > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "outbox not drained: {backlog} left"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        backlog = env.backlog();
+    }
+    for mut c in children {
+        c.kill().unwrap();
+        c.wait().unwrap();
+    }
+    let status: serde_json::Value = serde_json::from_str(&env.ok(&["status", "--json"])).unwrap();
+    assert_eq!(status["dead_letters"], 0, "{status}");
+
+    // Zero drift against a full recomputation.
+    let out = env.run(&["verify"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "drift after {kills} kills: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("post_page: ") && text.contains(" 0 drifted"),
+        "{text}"
+    );
+    let posts: i64 = sqlx::query("SELECT COUNT(*) FROM posts")
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(status["documents"]["post_page"], posts, "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_lose_nothing_sqlite() {
+    crash_safety(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_lose_nothing_postgres() {
+    crash_safety(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_rebuild_verify_repair_status() {
+    let (env, pool) = setup(false, false).await;
+    // Before install: the data exists, the views do not.
+    env.ok(&["install"]);
+    let out = env.run(&["verify", "--view", "post_page"]);
+    assert_eq!(out.status.code(), Some(3), "drift is exit code 3");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("40 drifted"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("larder views repair"));
+
+    let out = env.ok(&["rebuild"]);
+    assert!(out.contains("rebuilt post_page: 40 keys"), "{out}");
+    assert!(out.contains("rebuilt user_card: 5 keys"), "{out}");
+    env.ok(&["verify", "--sample", "10"]);
+
+    // A write leaves a pending change: status shows it, with its lag.
+    sqlx::query("UPDATE users SET name = 'renamed' WHERE id = 1")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let text = env.ok(&["status"]);
+    assert!(text.contains("backlog      1"), "{text}");
+    assert!(text.contains("pending      users: 1"), "{text}");
+    assert!(text.contains("documents    post_page: 40"), "{text}");
+    // The stale document is drift until a worker runs; repair fixes it.
+    assert_eq!(env.run(&["verify"]).status.code(), Some(3));
+    let out = env.ok(&["repair"]);
+    assert!(
+        out.contains("post_page: 45 checked, 8 drifted, 8 rewritten") || out.contains("rewritten"),
+        "{out}"
+    );
+    env.ok(&["verify"]);
+
+    // Errors an operator can act on.
+    let out = env.run(&["rebuild", "--view", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no view named \"nope\""));
+    let out = env
+        .cmd(&["status"])
+        .env("LARDER_VIEWS_FILE", "/nonexistent.toml")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--views FILE"));
+    let out = env
+        .cmd(&["status"])
+        .env("LARDER_VIEWS_STORE", "bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let out = env.cmd(&["install", "--dry-run"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("CREATE TRIGGER"));
+}
