@@ -183,21 +183,24 @@ impl DocStore for RedbStore {
     }
 
     async fn get_many(&self, view: &str, keys: &[String]) -> Result<Vec<Option<Versioned>>> {
+        // Inline, not on the blocking pool: a read of cached pages takes a
+        // few microseconds, less than the hand-off would (measured: view
+        // reads p50 33 µs with the hand-off). A cold read from disk does
+        // block this thread for its duration.
         let prefix = view_prefix(view);
-        let keys = keys.to_vec();
-        self.blocking(move |db| {
-            let r = db.begin_read().map_err(err)?;
-            let t = r.open_table(DOCS).map_err(err)?;
-            keys.iter()
-                .map(|key| {
-                    let k = format!("{prefix}{key}");
-                    Ok(t.get(k.as_str())
-                        .map_err(err)?
-                        .and_then(|v| decode(v.value())))
-                })
-                .collect()
-        })
-        .await
+        let r = self.db.begin_read().map_err(err)?;
+        let t = r.open_table(DOCS).map_err(err)?;
+        let mut k = String::with_capacity(prefix.len() + 16);
+        keys.iter()
+            .map(|key| {
+                k.clear();
+                k.push_str(&prefix);
+                k.push_str(key);
+                Ok(t.get(k.as_str())
+                    .map_err(err)?
+                    .and_then(|v| decode(v.value())))
+            })
+            .collect()
     }
 
     async fn keys(&self, view: &str) -> Result<Vec<String>> {

@@ -54,10 +54,17 @@ pub use larder_http as http;
 pub use larder_mem;
 #[cfg(feature = "memcached")]
 pub use larder_memcached;
+/// Query-result caching for sqlx with automatic invalidation (feature `query`).
+#[cfg(feature = "query")]
+pub use larder_query as query;
 #[cfg(feature = "redis")]
 pub use larder_redis;
 #[cfg(feature = "sql")]
 pub use larder_sql;
+/// Denormalized views: documents set by workers into persistent storage
+/// (feature `views`).
+#[cfg(feature = "views")]
+pub use larder_views as views;
 
 /// The names most programs need: `use larder::prelude::*;`.
 pub mod prelude {
