@@ -1,10 +1,14 @@
 //! The `larder` command.
 
 mod bench;
+mod config;
 mod createcachetable;
+mod demo;
+mod ops;
 mod proxy;
 mod query;
 mod scenario;
+mod telemetry;
 mod views;
 
 use std::process::ExitCode;
@@ -15,12 +19,25 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(name = "larder", version, about, long_about = None)]
 struct Cli {
+    /// Configuration file (default: $LARDER_CONFIG, else ./larder.toml if present).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the demo forum: every part of larder at work, with a live
+    /// dashboard at /_larder (embedded defaults: no server needed).
+    #[command(after_help = demo::EXAMPLES)]
+    Demo(demo::DemoArgs),
+    /// Show a running demo's or proxy's figures, or probe a configured cache.
+    #[command(after_help = ops::STATS_EXAMPLES)]
+    Stats(ops::StatsArgs),
+    /// Clear a configured cache (its own key prefix where the backend allows).
+    #[command(after_help = ops::CLEAR_EXAMPLES)]
+    Clear(ops::ClearArgs),
     /// Measure cache operations the way Django's cache_ops.py does, and write
     /// the same JSON, so the two can be compared side by side.
     #[command(after_help = bench::EXAMPLES)]
@@ -52,7 +69,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let config = cli.config.as_deref();
     let result = match cli.command {
+        Command::Demo(args) => demo::run(args, config),
+        Command::Stats(args) => ops::stats(args, config),
+        Command::Clear(args) => ops::clear(args, config),
         Command::Bench(args) => bench::run(args),
         Command::Createcachetable(args) => createcachetable::run(args),
         Command::Proxy(args) => proxy::run(args),

@@ -33,7 +33,7 @@ Examples:
   larder proxy --listen 127.0.0.1:8080 --upstream http://127.0.0.1:8000 --cache mem://
   larder proxy --listen 0.0.0.0:8080 --upstream http://app:8000 \\
       --cache redis://127.0.0.1:6379/0 --default-ttl 60 --grace 30
-Own paths (never forwarded): /_larder/status, /_larder/metrics,
+Own paths (never forwarded): /_larder (dashboard), /_larder/stats.json, /_larder/status, /_larder/metrics,
   POST /_larder/purge?tag=post:42, POST /_larder/purge?url=/news&host=example.com";
 
 #[derive(Args, Debug)]
@@ -80,6 +80,7 @@ struct AppState {
     stats: Arc<Stats>,
     upstream: Uri,
     started: Instant,
+    telemetry: Arc<crate::telemetry::Telemetry>,
 }
 
 /// Headers that describe one connection, not the message.
@@ -188,6 +189,8 @@ pub fn run(args: ProxyArgs) -> Result<(), CliError> {
 }
 
 async fn serve(args: ProxyArgs, upstream: Uri) -> Result<(), CliError> {
+    // Before the cache is built: its counters register with the recorder.
+    let telemetry = crate::telemetry::Telemetry::global();
     let store = larder::open(&args.cache).await?;
     let http = HttpCache::builder(store)
         .default_ttl(args.default_ttl.map(Duration::from_secs))
@@ -211,14 +214,32 @@ async fn serve(args: ProxyArgs, upstream: Uri) -> Result<(), CliError> {
         stats: stats.clone(),
         upstream,
         started: Instant::now(),
+        telemetry: telemetry.clone(),
     };
     let app = Router::new()
         .route("/_larder/status", get(status))
         .route("/_larder/metrics", get(metrics))
         .route("/_larder/purge", post(purge))
+        .route("/_larder", get(dashboard))
+        .route("/_larder/", get(dashboard))
+        .route("/_larder/stats.json", get(stats_json))
         .route("/_larder/{*rest}", get(not_found).post(not_found))
         .with_state(state)
-        .fallback_service(cached);
+        .fallback_service(cached)
+        .layer(axum::middleware::from_fn(
+            move |req: axum::extract::Request, next: axum::middleware::Next| {
+                let telemetry = telemetry.clone();
+                async move {
+                    let own = req.uri().path().starts_with("/_larder");
+                    let start = Instant::now();
+                    let resp = next.run(req).await;
+                    if !own {
+                        telemetry.record_latency(start.elapsed());
+                    }
+                    resp
+                }
+            },
+        ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| CliError::failed(format!("cannot listen on {}: {e}", args.listen)))?;
@@ -232,6 +253,38 @@ async fn serve(args: ProxyArgs, upstream: Uri) -> Result<(), CliError> {
         })
         .await
         .map_err(|e| CliError::failed(format!("server error: {e}")))
+}
+
+async fn dashboard() -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/html; charset=utf-8"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        crate::telemetry::DASHBOARD_HTML,
+    )
+        .into_response()
+}
+
+async fn stats_json(State(state): State<AppState>) -> Response {
+    let mut snap = state.telemetry.snapshot(Some(&state.http.stats()), None);
+    snap["metrics_path"] = "/_larder/metrics".into();
+    snap["upstream"] = state.upstream.to_string().into();
+    snap["upstream_errors"] = state.stats.upstream_errors.load(Ordering::Relaxed).into();
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        snap.to_string(),
+    )
+        .into_response()
 }
 
 async fn status(State(state): State<AppState>) -> Response {
@@ -286,6 +339,9 @@ async fn metrics(State(state): State<AppState>) -> Response {
         larder::BreakerState::Open
     );
     out.push_str(&format!("larder_proxy_breaker_open {}\n", u8::from(open)));
+    // Everything else larder counts in this process (cache hits, misses,
+    // timeouts, breaker, request latency histogram).
+    out.push_str(&state.telemetry.prometheus_text());
     (
         [(
             header::CONTENT_TYPE,

@@ -151,7 +151,7 @@ fn load_views_file(path: &str) -> Result<BTreeMap<String, SqlView>, CliError> {
     Ok(file.views)
 }
 
-async fn open_store(spec: &str, source: &Source) -> Result<Arc<dyn DocStore>, CliError> {
+pub(crate) async fn open_store(spec: &str, source: &Source) -> Result<Arc<dyn DocStore>, CliError> {
     if let Some(path) = spec.strip_prefix("redb:") {
         let s = RedbStore::open(path).map_err(|e| {
             failed(format!(
@@ -212,7 +212,7 @@ fn selected(views: &Views, only: &[String]) -> Result<Vec<String>, CliError> {
     Ok(only.to_vec())
 }
 
-fn bar(total: u64, what: &str) -> indicatif::ProgressBar {
+pub(crate) fn bar(total: u64, what: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(total);
     pb.set_style(
         indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")

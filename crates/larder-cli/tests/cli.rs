@@ -228,3 +228,117 @@ async fn query_install_creates_triggers_that_count_outside_writes() {
     ]);
     assert_eq!(bad.status.code(), Some(2));
 }
+
+fn larder_in(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(args)
+        .current_dir(dir)
+        .env_remove("LARDER_CACHE_URL")
+        .env_remove("LARDER_CONFIG")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run larder")
+}
+
+#[test]
+fn larder_toml_drives_stats_and_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    std::fs::write(
+        dir.path().join("larder.toml"),
+        format!(
+            "[caches.default]\nurl = \"file://{}\"\ntimeout = 60\nkey_prefix = \"app\"\nversion = 3\n\
+             [caches.default.options]\nmax_entries = 100\n",
+            cache_dir.display()
+        ),
+    )
+    .unwrap();
+    // The probe: a set and a get through the configured cache.
+    let out = larder_in(dir.path(), &["stats", "--cache", "default"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("cache default: file backend, prefix \"app\""),
+        "{text}"
+    );
+
+    // clear removes what the app stored under the configured prefix and
+    // version, and only with --yes when there is no terminal to ask on.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = format!("file://{}?key_prefix=app&version=3", cache_dir.display());
+    rt.block_on(async {
+        use larder::prelude::*;
+        let c = Cache::from_url(&url).await.unwrap();
+        c.set("k", &1u32, Ttl::secs(60)).await.unwrap();
+    });
+    let out = larder_in(dir.path(), &["clear"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--yes"));
+    let out = larder_in(dir.path(), &["clear", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    rt.block_on(async {
+        use larder::prelude::*;
+        let c = Cache::from_url(&url).await.unwrap();
+        assert!(!c.has_key("k").await.unwrap(), "clear left the key");
+    });
+
+    // Errors that say what to do.
+    let out = larder_in(dir.path(), &["stats", "--cache", "sessions"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("[caches.sessions]"));
+    let out = larder_in(dir.path(), &["stats"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = larder_in(dir.path(), &["stats", "--server", "http://127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is `larder demo` or `larder proxy` running")
+    );
+    std::fs::write(dir.path().join("bad.toml"), "[caches.default]\nurll = 1\n").unwrap();
+    let out = larder_in(
+        dir.path(),
+        &["--config", "bad.toml", "stats", "--cache", "default"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.toml"));
+    // LARDER_CACHE_URL overrides the file.
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["stats", "--cache", "default"])
+        .current_dir(dir.path())
+        .env("LARDER_CACHE_URL", "mem://")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mem backend"));
+}
+
+#[test]
+fn every_command_has_help_with_examples() {
+    for cmd in [
+        "demo",
+        "proxy",
+        "bench",
+        "stats",
+        "clear",
+        "createcachetable",
+        "views",
+        "query",
+    ] {
+        let out = larder(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("Examples:"),
+            "{cmd} --help has no examples:\n{text}"
+        );
+    }
+}

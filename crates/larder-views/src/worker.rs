@@ -113,6 +113,9 @@ pub struct BatchReport {
     /// For each acknowledged entry, milliseconds from its capture to its
     /// documents being in the store.
     pub lag_ms: Vec<i64>,
+    /// The (view, key) pairs whose documents were recomputed and stored,
+    /// e.g. to purge HTTP pages rendered from them.
+    pub written: Vec<(String, String)>,
 }
 
 /// A (view, key) pair.
@@ -276,9 +279,13 @@ impl Worker {
         }
         for (view, p) in puts {
             let n = p.len();
+            let keys: Vec<String> = p.iter().map(|p| p.key.clone()).collect();
             match views.store().put_many(&view, p).await {
                 Ok(stored) => {
                     report.stored += stored;
+                    report
+                        .written
+                        .extend(keys.into_iter().map(|k| (view.clone(), k)));
                     metrics::counter!("larder_views_documents_written_total", "view" => view.clone())
                         .increment(stored as u64);
                     metrics::counter!("larder_views_stale_writes_skipped_total", "view" => view)
