@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         Command::Createcachetable(args) => createcachetable::run(args),
         Command::Proxy(args) => proxy::run(args),
         Command::Query(args) => query::run(args),
-        Command::Views(args) => views::run(args),
+        Command::Views(args) => views::run(args, config),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

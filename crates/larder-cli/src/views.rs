@@ -45,25 +45,18 @@ pub struct ViewsArgs {
 
 #[derive(Args, Debug, Clone)]
 struct Common {
-    /// The source database (postgres://, mysql://, sqlite://).
+    /// The source database (postgres://, mysql://, sqlite://; default:
+    /// larder.toml's [database] url).
     #[arg(long, global = true, env = "LARDER_DATABASE_URL")]
     database: Option<String>,
-    /// Where documents live: redb:PATH, redis://…, sql or sql:URL.
-    #[arg(
-        long,
-        global = true,
-        env = "LARDER_VIEWS_STORE",
-        default_value = "redb:larder-views.redb"
-    )]
-    store: String,
-    /// The views file (TOML, `[views.<name>]` tables).
-    #[arg(
-        long = "views",
-        global = true,
-        env = "LARDER_VIEWS_FILE",
-        default_value = "larder-views.toml"
-    )]
-    views_file: String,
+    /// Where documents live: redb:PATH, redis://…, sql or sql:URL (default:
+    /// larder.toml's [store] url, else redb:larder-views.redb).
+    #[arg(long, global = true, env = "LARDER_VIEWS_STORE")]
+    store: Option<String>,
+    /// The views file (TOML, `[views.<name>]` tables; default:
+    /// larder-views.toml, else larder.toml).
+    #[arg(long = "views", global = true, env = "LARDER_VIEWS_FILE")]
+    views_file: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -152,13 +145,33 @@ fn load_views_file(path: &str) -> Result<BTreeMap<String, SqlView>, CliError> {
 }
 
 pub(crate) async fn open_store(spec: &str, source: &Source) -> Result<Arc<dyn DocStore>, CliError> {
+    open_store_waiting(spec, source, Duration::ZERO).await
+}
+
+/// [`open_store`], waiting up to `wait` for a redb file another process
+/// holds (a `larder views status` run, or a worker still shutting down).
+pub(crate) async fn open_store_waiting(
+    spec: &str,
+    source: &Source,
+    wait: Duration,
+) -> Result<Arc<dyn DocStore>, CliError> {
     if let Some(path) = spec.strip_prefix("redb:") {
-        let s = RedbStore::open(path).map_err(|e| {
-            failed(format!(
-                "{e} (redb allows one process at a time: is another `larder views` running on {path}?)"
-            ))
-        })?;
-        return Ok(Arc::new(s));
+        let deadline = std::time::Instant::now() + wait;
+        let mut delay = Duration::from_millis(20);
+        loop {
+            match RedbStore::open(path) {
+                Ok(s) => return Ok(Arc::new(s)),
+                Err(e) if std::time::Instant::now() >= deadline => {
+                    return Err(failed(format!(
+                        "{e} (redb allows one process at a time: is another `larder views` running on {path}?)"
+                    )))
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(500));
+                }
+            }
+        }
     }
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
         return Ok(Arc::new(
@@ -181,14 +194,23 @@ pub(crate) async fn open_store(spec: &str, source: &Source) -> Result<Arc<dyn Do
 }
 
 async fn open(common: &Common, connections: u32) -> Result<Views, CliError> {
-    let defs = load_views_file(&common.views_file)?;
+    open_waiting(common, connections, Duration::ZERO).await
+}
+
+async fn open_waiting(
+    common: &Common,
+    connections: u32,
+    wait: Duration,
+) -> Result<Views, CliError> {
+    let defs = load_views_file(common.views_file.as_deref().unwrap_or_default())?;
     let database = common.database.as_deref().ok_or_else(|| {
         CliError::usage("no source database: pass --database URL or set LARDER_DATABASE_URL")
     })?;
     let source = Source::connect(database, connections)
         .await
         .map_err(|e| failed(format!("{database}: {e}")))?;
-    let store = open_store(&common.store, &source).await?;
+    let store =
+        open_store_waiting(common.store.as_deref().unwrap_or_default(), &source, wait).await?;
     let mut b = Views::builder(source, store);
     for (name, v) in defs {
         b = b.view(v.named(&name));
@@ -246,7 +268,36 @@ async fn shutdown_signal() {
     }
 }
 
-pub fn run(args: ViewsArgs) -> Result<(), CliError> {
+/// Fills what the flags and environment left open from larder.toml.
+fn resolve(mut common: Common, config: &crate::config::Config) -> Common {
+    if common.database.is_none() {
+        common.database = config.database_url();
+    }
+    if common.store.is_none() {
+        common.store = Some(
+            config
+                .store
+                .url
+                .clone()
+                .unwrap_or_else(|| "redb:larder-views.redb".to_owned()),
+        );
+    }
+    if common.views_file.is_none() {
+        let own = std::path::Path::new("larder-views.toml");
+        common.views_file = Some(match &config.path {
+            Some(p) if !own.exists() => p.clone(),
+            _ => "larder-views.toml".to_owned(),
+        });
+    }
+    common
+}
+
+pub fn run(args: ViewsArgs, config: Option<&str>) -> Result<(), CliError> {
+    let config = crate::config::Config::load(config)?;
+    let args = ViewsArgs {
+        common: resolve(args.common, &config),
+        command: args.command,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -260,7 +311,7 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
     match args.command {
         ViewsCommand::Install { dry_run } => {
             if dry_run {
-                let defs = load_views_file(&common.views_file)?;
+                let defs = load_views_file(common.views_file.as_deref().unwrap_or_default())?;
                 let dialect = larder_views::Dialect::from_url(
                     common.database.as_deref().unwrap_or("postgres:"),
                 )
@@ -287,7 +338,10 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
             lease_ms,
             max_attempts,
         } => {
-            let views = open(&common, (workers as u32) * 4 + 2).await?;
+            // A worker waits for the store: a short-lived command may hold
+            // the redb file at the moment it starts.
+            let views =
+                open_waiting(&common, (workers as u32) * 4 + 2, Duration::from_secs(30)).await?;
             let config = WorkerConfig::default()
                 .batch_size(batch)
                 .lease(Duration::from_millis(lease_ms))
@@ -318,7 +372,14 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
                 Ok(views) => views.status().await.map_err(failed)?,
                 // The embedded store is held by a running worker: the
                 // outbox figures still come from the database.
-                Err(e) if e.code == 1 && common.store.starts_with("redb:") => {
+                Err(e)
+                    if e.code == 1
+                        && common
+                            .store
+                            .as_deref()
+                            .unwrap_or_default()
+                            .starts_with("redb:") =>
+                {
                     eprintln!("larder: documents per view unavailable: {e}");
                     let database = common.database.as_deref().unwrap_or_default();
                     let source = Source::connect(database, 2).await.map_err(failed)?;

@@ -232,6 +232,10 @@ async fn crash_safety(postgres: bool) {
             Instant::now() < deadline,
             "outbox not drained: {backlog} left"
         );
+        for c in &mut children {
+            let exited = c.try_wait().unwrap();
+            assert!(exited.is_none(), "a worker exited on its own: {exited:?}");
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
         backlog = env.backlog();
     }
@@ -324,4 +328,46 @@ async fn operator_commands_rebuild_verify_repair_status() {
     assert_eq!(out.status.code(), Some(2));
     let out = env.cmd(&["install", "--dry-run"]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("CREATE TRIGGER"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn larder_toml_declares_database_store_and_views() {
+    let (env, _pool) = setup(false, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("larder.toml"),
+        format!(
+            "[database]\nurl = \"{}\"\n[store]\nurl = \"{}\"\n{VIEWS_TOML}",
+            env.database, env.store
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_larder"))
+            .arg("views")
+            .args(args)
+            .current_dir(dir.path())
+            .env_remove("LARDER_DATABASE_URL")
+            .env_remove("LARDER_VIEWS_STORE")
+            .env_remove("LARDER_VIEWS_FILE")
+            .env_remove("LARDER_CONFIG")
+            .output()
+            .unwrap()
+    };
+    let out = run(&["install"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["rebuild", "--view", "user_card"]);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("rebuilt user_card: 5 keys"),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Flags still win over the file.
+    let out = run(&["status", "--database", "sqlite:///nonexistent/dir/x.db"]);
+    assert_eq!(out.status.code(), Some(1));
 }
