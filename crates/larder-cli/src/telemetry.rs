@@ -145,8 +145,10 @@ impl Telemetry {
         let hits = by_cache("larder_cache_hits_total");
         let misses = by_cache("larder_cache_misses_total");
         for (cache, h) in &hits {
-            // The HTTP cache's own store is shown as the http layer.
-            if http.is_some() && cache == "http" {
+            // The HTTP cache's own store is shown as the http layer; a
+            // cache nobody reads through (a near cache's L2 handle) is noise.
+            let m = misses.get(cache).copied().unwrap_or(0.0);
+            if (http.is_some() && cache == "http") || (*h == 0.0 && m == 0.0) {
                 continue;
             }
             layers.push(serde_json::json!({
