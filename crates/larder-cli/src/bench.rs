@@ -226,7 +226,9 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
     let wall = Instant::now();
     let mut results = BTreeMap::new();
     let mut counts = BTreeMap::new();
+    let pb = crate::progress::bar(targets.len() as u64, "bench");
     for t in &targets {
+        pb.set_message(format!("bench {}", t.name));
         let n = args.n.unwrap_or(t.default_n);
         counts.insert(t.name.clone(), n);
         let began = Instant::now();
@@ -238,17 +240,24 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
             args.concurrency,
             &ops,
         ));
-        eprintln!(
+        let line = format!(
             "# {}: done in {:.1}s",
             t.name,
             began.elapsed().as_secs_f64()
         );
+        if pb.is_hidden() {
+            eprintln!("{line}");
+        } else {
+            pb.println(line);
+        }
+        pb.inc(1);
         let value = match r {
             Ok(ops) => serde_json::to_value(ops).unwrap_or_default(),
             Err(e) => serde_json::json!({ "error": e.to_string() }),
         };
         results.insert(t.name.clone(), value);
     }
+    pb.finish_and_clear();
     if args.file_dir.is_none() {
         let _ = std::fs::remove_dir_all(&temp_dir);
     }

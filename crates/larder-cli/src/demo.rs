@@ -258,7 +258,7 @@ async fn run_async(args: DemoArgs, config: Config) -> Result<(), CliError> {
     for name in ["post_page", "user_card"] {
         let docs = views.store().count(name).await.map_err(err)?;
         if seeded || docs == 0 {
-            let pb = crate::views::bar(0, &format!("building view {name}"));
+            let pb = crate::progress::bar(0, &format!("building view {name}"));
             let progress = |done: u64, total: u64| {
                 pb.set_length(total);
                 pb.set_position(done);
@@ -437,7 +437,7 @@ async fn seed(db: &Db, dialect: Dialect, args: &DemoArgs) -> Result<bool, CliErr
         args.likes,
     );
     let total = u + p + c + l;
-    let pb = crate::views::bar(total, "seeding users, posts, comments, likes");
+    let pb = crate::progress::bar(total, "seeding users, posts, comments, likes");
     let range = |a: u64, b: u64, select: &str, table: &str| {
         match dialect {
         Dialect::Postgres => format!(

@@ -5,6 +5,7 @@ mod config;
 mod createcachetable;
 mod demo;
 mod ops;
+mod progress;
 mod proxy;
 mod query;
 mod scenario;

@@ -234,17 +234,6 @@ fn selected(views: &Views, only: &[String]) -> Result<Vec<String>, CliError> {
     Ok(only.to_vec())
 }
 
-pub(crate) fn bar(total: u64, what: &str) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(total);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ({eta})")
-            .expect("a valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(what.to_owned());
-    pb
-}
-
 async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
@@ -407,7 +396,7 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
         ViewsCommand::Rebuild { views: only } => {
             let views = open(&common, 10).await?;
             for name in selected(&views, &only)? {
-                let pb = bar(0, &format!("rebuild {name}"));
+                let pb = crate::progress::bar(0, &format!("rebuild {name}"));
                 let progress = |done: u64, total: u64| {
                     pb.set_length(total);
                     pb.set_position(done);
@@ -434,7 +423,7 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
             let mut drifted = 0;
             let mut reports = Vec::new();
             for name in selected(&views, &only)? {
-                let pb = bar(0, &format!("verify {name}"));
+                let pb = crate::progress::bar(0, &format!("verify {name}"));
                 let progress = |done: u64, total: u64| {
                     pb.set_length(total);
                     pb.set_position(done);

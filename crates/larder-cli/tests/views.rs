@@ -1,8 +1,8 @@
 //! `larder views` as an operator runs it, and the crash-safety guarantee:
 //! worker processes SIGKILLed at random points during a stream of writes,
 //! restarted, and afterwards the views equal a full recomputation, on
-//! SQLite (embedded redb store) and PostgreSQL (two worker processes
-//! sharing the outbox and an SQL store).
+//! SQLite (embedded redb store), and on PostgreSQL and MariaDB (two worker
+//! processes sharing the outbox and an SQL store).
 
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use sqlx::Row;
 
 const PG_ADMIN: &str = "postgres://postgres@127.0.0.1:5432/test";
+const MY_ADMIN: &str = "mysql://root@127.0.0.1:3306/test";
 
 const VIEWS_TOML: &str = r#"
 [views.post_page]
@@ -87,24 +88,69 @@ impl Env {
     }
 }
 
-async fn setup(postgres: bool, store_sql: bool) -> (Env, sqlx::AnyPool) {
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Db {
+    Sqlite,
+    Postgres,
+    MySql,
+}
+
+/// Drops databases left by test processes that are gone.
+async fn drop_leftovers(admin: &sqlx::AnyPool, list: &str, quote: char) {
+    let rows = sqlx::query(list).fetch_all(admin).await.unwrap();
+    for r in rows {
+        let name: String = r
+            .try_get::<String, _>(0)
+            .or_else(|_| {
+                r.try_get::<Vec<u8>, _>(0)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+            })
+            .unwrap();
+        let pid = name.split('_').nth(1).unwrap_or_default();
+        if !pid.is_empty() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = sqlx::raw_sql(&format!("DROP DATABASE IF EXISTS {quote}{name}{quote}"))
+                .execute(admin)
+                .await;
+        }
+    }
+}
+
+async fn setup(db: Db, store_sql: bool) -> (Env, sqlx::AnyPool) {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
-    let database = if postgres {
-        let name = format!("lvcli_{}_{}", std::process::id(), fastrand::u32(..));
-        let admin = sqlx::AnyPool::connect(PG_ADMIN)
-            .await
-            .expect("PostgreSQL on 127.0.0.1:5432 (see scripts/services)");
-        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
-            .execute(&admin)
-            .await
-            .unwrap();
-        format!("postgres://postgres@127.0.0.1:5432/{name}")
-    } else {
-        format!(
+    let name = format!("lvcli_{}_{}", std::process::id(), fastrand::u32(..));
+    let database = match db {
+        Db::Postgres => {
+            let admin = sqlx::AnyPool::connect(PG_ADMIN)
+                .await
+                .expect("PostgreSQL on 127.0.0.1:5432 (see scripts/services)");
+            drop_leftovers(
+                &admin,
+                "SELECT datname::text FROM pg_database WHERE datname LIKE 'lvcli\\_%'",
+                '"',
+            )
+            .await;
+            sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            format!("postgres://postgres@127.0.0.1:5432/{name}")
+        }
+        Db::MySql => {
+            let admin = sqlx::AnyPool::connect(MY_ADMIN)
+                .await
+                .expect("MariaDB on 127.0.0.1:3306 (see scripts/services)");
+            drop_leftovers(&admin, "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'lvcli\\_%'", '`').await;
+            sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+                .execute(&admin)
+                .await
+                .unwrap();
+            format!("mysql://root@127.0.0.1:3306/{name}")
+        }
+        Db::Sqlite => format!(
             "sqlite://{}?mode=rwc",
             dir.path().join("forum.db").display()
-        )
+        ),
     };
     let views_file = dir.path().join("views.toml");
     std::fs::write(&views_file, VIEWS_TOML).unwrap();
@@ -174,8 +220,9 @@ async fn random_write(pool: &sqlx::AnyPool, next_id: &AtomicU64) -> bool {
     sqlx::query(&sql).execute(pool).await.is_ok()
 }
 
-async fn crash_safety(postgres: bool) {
-    let (env, pool) = setup(postgres, postgres).await;
+async fn crash_safety(db: Db) {
+    let shared = db != Db::Sqlite;
+    let (env, pool) = setup(db, shared).await;
     let out = env.ok(&["install"]);
     assert!(
         out.contains("post_page") && out.contains("user_card"),
@@ -201,7 +248,7 @@ async fn crash_safety(postgres: bool) {
     }
     // Workers: killed with SIGKILL at random points and restarted. On
     // PostgreSQL two processes with two workers each share the outbox.
-    let processes = if postgres { 2 } else { 1 };
+    let processes = if shared { 2 } else { 1 };
     let mut children: Vec<Child> = (0..processes).map(|_| env.spawn_worker("2")).collect();
     let mut kills = 0;
     let end = Instant::now() + Duration::from_secs(5);
@@ -268,17 +315,17 @@ async fn crash_safety(postgres: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_workers_lose_nothing_sqlite() {
-    crash_safety(false).await;
+    crash_safety(Db::Sqlite).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_workers_lose_nothing_postgres() {
-    crash_safety(true).await;
+    crash_safety(Db::Postgres).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_rebuild_verify_repair_status() {
-    let (env, pool) = setup(false, false).await;
+    let (env, pool) = setup(Db::Sqlite, false).await;
     // Before install: the data exists, the views do not.
     env.ok(&["install"]);
     let out = env.run(&["verify", "--view", "post_page"]);
@@ -332,7 +379,7 @@ async fn operator_commands_rebuild_verify_repair_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn larder_toml_declares_database_store_and_views() {
-    let (env, _pool) = setup(false, false).await;
+    let (env, _pool) = setup(Db::Sqlite, false).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("larder.toml"),
@@ -370,4 +417,9 @@ async fn larder_toml_declares_database_store_and_views() {
     // Flags still win over the file.
     let out = run(&["status", "--database", "sqlite:///nonexistent/dir/x.db"]);
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_lose_nothing_mysql() {
+    crash_safety(Db::MySql).await;
 }
