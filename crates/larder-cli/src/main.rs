@@ -77,7 +77,7 @@ fn main() -> ExitCode {
         Command::Clear(args) => ops::clear(args, config),
         Command::Bench(args) => bench::run(args),
         Command::Createcachetable(args) => createcachetable::run(args),
-        Command::Proxy(args) => proxy::run(args),
+        Command::Proxy(args) => proxy::run(args, config),
         Command::Query(args) => query::run(args),
         Command::Views(args) => views::run(args, config),
     };

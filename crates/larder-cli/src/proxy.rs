@@ -44,13 +44,11 @@ pub struct ProxyArgs {
     /// The upstream origin, http://host:port (plain HTTP/1.1).
     #[arg(long)]
     upstream: String,
-    /// Where to store responses (any larder cache URL).
-    #[arg(
-        long,
-        default_value = "mem://?max_bytes=268435456",
-        env = "LARDER_CACHE_URL"
-    )]
-    cache: String,
+    /// Where to store responses (any larder cache URL; default:
+    /// $LARDER_CACHE_URL, else larder.toml's [caches.default], else
+    /// mem://?max_bytes=268435456).
+    #[arg(long)]
+    cache: Option<String>,
     /// Freshness, in seconds, for responses that carry none but may be
     /// stored (like Django's CACHE_MIDDLEWARE_SECONDS); default: only
     /// responses with explicit freshness are stored.
@@ -170,7 +168,17 @@ fn error_response(status: StatusCode) -> Response<Body> {
     r
 }
 
-pub fn run(args: ProxyArgs) -> Result<(), CliError> {
+pub fn run(mut args: ProxyArgs, config: Option<&str>) -> Result<(), CliError> {
+    if args.cache.is_none() {
+        let config = crate::config::Config::load(config)?;
+        let configured = config.caches.contains_key("default")
+            || std::env::var("LARDER_CACHE_URL").is_ok_and(|u| !u.is_empty());
+        args.cache = Some(if configured {
+            config.cache_url("default")?
+        } else {
+            "mem://?max_bytes=268435456".to_owned()
+        });
+    }
     let upstream: Uri = args
         .upstream
         .parse()
@@ -191,7 +199,8 @@ pub fn run(args: ProxyArgs) -> Result<(), CliError> {
 async fn serve(args: ProxyArgs, upstream: Uri) -> Result<(), CliError> {
     // Before the cache is built: its counters register with the recorder.
     let telemetry = crate::telemetry::Telemetry::global();
-    let store = larder::open(&args.cache).await?;
+    let cache_url = args.cache.clone().unwrap_or_default();
+    let store = larder::open(&cache_url).await?;
     let http = HttpCache::builder(store)
         .default_ttl(args.default_ttl.map(Duration::from_secs))
         .grace(Duration::from_secs(args.grace))
@@ -245,7 +254,7 @@ async fn serve(args: ProxyArgs, upstream: Uri) -> Result<(), CliError> {
         .map_err(|e| CliError::failed(format!("cannot listen on {}: {e}", args.listen)))?;
     eprintln!(
         "larder proxy: http://{} -> {} (cache {}); status at http://{}/_larder/status",
-        args.listen, args.upstream, args.cache, args.listen
+        args.listen, args.upstream, cache_url, args.listen
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(async {

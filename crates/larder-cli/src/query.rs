@@ -23,6 +23,7 @@ enum QueryCommand {
     /// Create the larder_generations table and the change-counting triggers
     /// on the given tables (idempotent). PostgreSQL: statement triggers that
     /// also NOTIFY; MySQL/MariaDB and SQLite: row triggers, polled.
+    #[command(after_help = EXAMPLES)]
     Install(InstallArgs),
 }
 

@@ -62,12 +62,14 @@ struct Common {
 #[derive(Subcommand, Debug)]
 enum ViewsCommand {
     /// Create the outbox tables and the capture triggers (idempotent).
+    #[command(after_help = EXAMPLES)]
     Install {
         /// Print the SQL instead of running it.
         #[arg(long)]
         dry_run: bool,
     },
     /// Run workers until interrupted (Ctrl-C / SIGTERM).
+    #[command(after_help = EXAMPLES)]
     Work {
         /// Workers in this process.
         #[arg(long, default_value_t = 1)]
@@ -83,18 +85,21 @@ enum ViewsCommand {
         max_attempts: u32,
     },
     /// Backlog, lag, dead letters and documents per view.
+    #[command(after_help = EXAMPLES)]
     Status {
         /// Print JSON.
         #[arg(long)]
         json: bool,
     },
     /// Recompute every document, online (writes may continue).
+    #[command(after_help = EXAMPLES)]
     Rebuild {
         /// Only these views (default: all).
         #[arg(long = "view")]
         views: Vec<String>,
     },
     /// Recompute and compare; exit code 3 when documents drifted.
+    #[command(after_help = EXAMPLES)]
     Verify {
         /// Only these views (default: all).
         #[arg(long = "view")]
@@ -107,6 +112,7 @@ enum ViewsCommand {
         json: bool,
     },
     /// Verify, and rewrite what drifted; optionally requeue dead letters.
+    #[command(after_help = EXAMPLES)]
     Repair {
         /// Only these views (default: all).
         #[arg(long = "view")]

@@ -332,8 +332,17 @@ fn every_command_has_help_with_examples() {
         "createcachetable",
         "views",
         "query",
+        "views install",
+        "views work",
+        "views status",
+        "views rebuild",
+        "views verify",
+        "views repair",
+        "query install",
     ] {
-        let out = larder(&[cmd, "--help"]);
+        let mut args: Vec<&str> = cmd.split(' ').collect();
+        args.push("--help");
+        let out = larder(&args);
         assert!(out.status.success(), "{cmd}");
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
