@@ -40,9 +40,12 @@ pub const EXAMPLES: &str = "\
 Examples:
   larder demo                                   # SQLite + memory cache + redb views in ./larder-demo
   larder demo --listen 127.0.0.1:9000 --posts 2000 --comments 20000
-  larder demo --database postgres://postgres@127.0.0.1:5432/test --cache redis://127.0.0.1:6379/0
-  larder demo --database postgres://postgres@127.0.0.1:5432/test --cache memcached://127.0.0.1:11211 --store sql
+  larder demo --database postgres://postgres@127.0.0.1:5432/larder_demo --cache redis://127.0.0.1:6379/0
+  larder demo --database postgres://postgres@127.0.0.1:5432/larder_demo --cache memcached://127.0.0.1:11211 --store sql
   larder demo --reseed                          # drop and seed the data again
+
+On PostgreSQL give the demo a database of its own (createdb larder_demo): it creates,
+and with --reseed drops, its users, posts, comments and likes tables.
 
 Pages: /  /posts/ID  /users/ID   Dashboard: /_larder   Prometheus: /metrics
 The cache URL also comes from larder.toml ([caches.default] url) or LARDER_CACHE_URL,
