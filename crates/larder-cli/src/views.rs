@@ -78,7 +78,7 @@ enum ViewsCommand {
         #[arg(long, default_value_t = 256)]
         batch: usize,
         /// Claim lease in milliseconds (a killed worker's entries return after it).
-        #[arg(long, default_value_t = 30_000)]
+        #[arg(long, default_value_t = 10_000)]
         lease_ms: u64,
         /// Attempts before an entry is dead-lettered.
         #[arg(long, default_value_t = 5)]

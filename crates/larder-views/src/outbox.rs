@@ -174,7 +174,7 @@ pub(crate) async fn ack(source: &Source, ids: &[i64]) -> Result<()> {
 }
 
 /// Makes entries due again after `delay` without counting an attempt (the
-/// store, not the entry, failed).
+/// store, not the entry, failed), or extends a live batch's claims.
 pub(crate) async fn release(source: &Source, ids: &[i64], delay: Duration) -> Result<()> {
     if ids.is_empty() {
         return Ok(());

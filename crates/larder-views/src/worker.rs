@@ -25,8 +25,9 @@ use crate::views::Views;
 pub struct WorkerConfig {
     /// Entries claimed per batch (default 256).
     pub batch_size: usize,
-    /// How long a claim lasts; a crashed worker's entries are taken by
-    /// another after this (default 30 s).
+    /// How long a claim lasts without renewal: a live worker renews its
+    /// batch's claims every third of it, so a killed worker's entries are
+    /// taken by another after at most this (default 10 s).
     pub lease: Duration,
     /// Attempts before an entry moves to the dead-letter table (default 5).
     pub max_attempts: u32,
@@ -45,7 +46,7 @@ impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             batch_size: 256,
-            lease: Duration::from_secs(30),
+            lease: Duration::from_secs(10),
             max_attempts: 5,
             backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
@@ -229,6 +230,13 @@ impl Worker {
     async fn process(&self, entries: Vec<Entry>) -> Result<BatchReport> {
         let views = &self.views;
         let source = views.source();
+        // Keep the claims while this batch runs, however slow its computes:
+        // another worker may take them only once this one is gone.
+        let heartbeat = Heartbeat::start(
+            source.clone(),
+            entries.iter().map(|e| e.id).collect(),
+            self.config.lease,
+        );
         let mut report = BatchReport {
             entries: entries.len(),
             ..BatchReport::default()
@@ -300,6 +308,9 @@ impl Worker {
                 }
             }
         }
+        // From here on the entries are acknowledged or rescheduled: a late
+        // renewal must not overwrite a retry's backoff.
+        drop(heartbeat);
         let mut acked = Vec::new();
         for (i, e) in entries.iter().enumerate() {
             let err = failed.remove(&i).or_else(|| {
@@ -372,6 +383,29 @@ impl Worker {
             out.extend(keys.into_iter().map(|k| (view.to_owned(), k)));
         }
         Ok(out)
+    }
+}
+
+/// Renews a batch's claims every third of the lease until dropped.
+struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Heartbeat {
+    fn start(source: crate::source::Source, ids: Vec<i64>, lease: Duration) -> Heartbeat {
+        let every = (lease / 3).max(Duration::from_millis(50));
+        Heartbeat(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = outbox::release(&source, &ids, lease).await {
+                    tracing::warn!(error = %e, "view worker: could not renew claims");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -481,3 +481,40 @@ async fn a_running_worker_wakes_on_notify_and_stops_on_shutdown() {
         .expect("the worker stops on shutdown")
         .unwrap();
 }
+
+/// A live worker whose compute outlasts the lease keeps its claims (they
+/// are renewed); a second worker finds nothing to take meanwhile, and the
+/// change is processed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_batch_keeps_its_claims() {
+    let t = fresh_db(Db::Sqlite).await;
+    let source = Source::connect(&t.url, 4).await.unwrap();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let slow = View::<i64, serde_json::Value>::new("slow", move |k: i64| {
+        let c = c.clone();
+        async move {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+            Ok(Some(json!({ "k": k })))
+        }
+    })
+    .depends_on(Dependency::column("things", "id"));
+    let views = Views::builder(source, redb(&t)).view(slow).build().unwrap();
+    exec(&views, "CREATE TABLE things (id BIGINT PRIMARY KEY)").await;
+    views.install().await.unwrap();
+    exec(&views, "INSERT INTO things (id) VALUES (1)").await;
+
+    let lease = std::time::Duration::from_millis(300);
+    let first = views.worker(WorkerConfig::default().lease(lease));
+    let busy = tokio::spawn(async move { first.run_once().await.unwrap() });
+    // Well past the lease, while the first worker still computes.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let second = views.worker(WorkerConfig::default().lease(lease));
+    let r = second.run_once().await.unwrap();
+    assert_eq!(r.entries, 0, "a live worker's claims were taken");
+    let r = busy.await.unwrap();
+    assert_eq!((r.entries, r.acked), (1, 1));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(views.status().await.unwrap().backlog, 0);
+}
