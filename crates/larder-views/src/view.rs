@@ -382,11 +382,13 @@ impl ViewDef {
 /// A view declared in Rust: documents of type `D` per key of type `K`.
 ///
 /// ```no_run
-/// # use larder_views::{View, Dependency, BoxError};
+/// # use larder_views::{View, Dependency, BoxError, Source};
 /// #[derive(serde::Serialize, serde::Deserialize)]
 /// struct PostPage { title: String, comments: i64 }
 ///
-/// let pool: sqlx::AnyPool = todo!();
+/// # async fn declare() -> Result<(), larder_views::Error> {
+/// let source = Source::connect("postgres://postgres@127.0.0.1/test", 8).await?;
+/// let pool = source.pool().clone();
 /// let view = View::<i64, PostPage>::new("post_page", move |id| {
 ///     let pool = pool.clone();
 ///     async move {
@@ -398,6 +400,8 @@ impl ViewDef {
 /// })
 /// .depends_on(Dependency::column("posts", "id"))
 /// .depends_on(Dependency::column("comments", "post_id"));
+/// # let _ = view;
+/// # Ok(()) }
 /// ```
 pub struct View<K, D> {
     def: ViewDef,
