@@ -33,7 +33,7 @@ use larder_views::{Dialect, Source, SqlView, Views, WorkerConfig};
 use serde::Deserialize;
 
 use crate::config::Config;
-use crate::telemetry::{Telemetry, DASHBOARD_HTML};
+use crate::telemetry::Telemetry;
 use crate::CliError;
 
 pub const EXAMPLES: &str = "\
@@ -317,13 +317,16 @@ async fn run_async(args: DemoArgs, config: Config) -> Result<(), CliError> {
         .route("/posts/{id}/comments", post(new_comment))
         .route("/posts/{id}/like", post(like))
         .route("/users/{id}/rename", post(rename))
-        .route("/_larder", get(dashboard))
-        .route("/_larder/", get(dashboard))
+        .route("/_larder", get(crate::telemetry::dashboard_page))
+        .route("/_larder/", get(crate::telemetry::dashboard_page))
         .route("/_larder/stats.json", get(stats))
         .route("/_larder/metrics", get(prometheus))
         .route("/metrics", get(prometheus))
         .merge(cached_pages)
-        .layer(axum::middleware::from_fn_with_state(app.clone(), timed))
+        .layer(axum::middleware::from_fn_with_state(
+            telemetry.clone(),
+            crate::telemetry::measure,
+        ))
         .with_state(app);
 
     let listener = tokio::net::TcpListener::bind(&args.listen)
@@ -494,21 +497,6 @@ async fn seed(db: &Db, dialect: Dialect, args: &DemoArgs) -> Result<bool, CliErr
     pb.finish_and_clear();
     println!("seeded {u} users, {p} posts, {c} comments, {l} likes");
     Ok(true)
-}
-
-/// Measures every request for the dashboard (cache hits included).
-async fn timed(
-    State(app): State<App>,
-    req: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> Response {
-    let own = req.uri().path().starts_with("/_larder") || req.uri().path() == "/metrics";
-    let start = Instant::now();
-    let resp = next.run(req).await;
-    if !own {
-        app.telemetry.record_latency(start.elapsed());
-    }
-    resp
 }
 
 fn esc(s: &str) -> String {
@@ -852,30 +840,13 @@ async fn rename(State(app): State<App>, Path(id): Path<i64>, Form(f): Form<Renam
     Redirect::to(&format!("/users/{id}")).into_response()
 }
 
-async fn dashboard() -> Response {
-    let mut r = Html(DASHBOARD_HTML).into_response();
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    r
-}
-
 async fn stats(State(app): State<App>) -> Response {
     let views = app.views.status().await.ok();
     let mut snap = app
         .telemetry
         .snapshot(Some(&app.http.stats()), views.as_ref());
     snap["metrics_path"] = "/metrics".into();
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        snap.to_string(),
-    )
-        .into_response()
+    crate::telemetry::stats_response(&snap)
 }
 
 async fn prometheus(State(app): State<App>) -> Response {

@@ -229,25 +229,15 @@ async fn serve(args: ProxyArgs, upstream: Uri) -> Result<(), CliError> {
         .route("/_larder/status", get(status))
         .route("/_larder/metrics", get(metrics))
         .route("/_larder/purge", post(purge))
-        .route("/_larder", get(dashboard))
-        .route("/_larder/", get(dashboard))
+        .route("/_larder", get(crate::telemetry::dashboard_page))
+        .route("/_larder/", get(crate::telemetry::dashboard_page))
         .route("/_larder/stats.json", get(stats_json))
         .route("/_larder/{*rest}", get(not_found).post(not_found))
         .with_state(state)
         .fallback_service(cached)
-        .layer(axum::middleware::from_fn(
-            move |req: axum::extract::Request, next: axum::middleware::Next| {
-                let telemetry = telemetry.clone();
-                async move {
-                    let own = req.uri().path().starts_with("/_larder");
-                    let start = Instant::now();
-                    let resp = next.run(req).await;
-                    if !own {
-                        telemetry.record_latency(start.elapsed());
-                    }
-                    resp
-                }
-            },
+        .layer(axum::middleware::from_fn_with_state(
+            telemetry,
+            crate::telemetry::measure,
         ));
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -264,36 +254,12 @@ async fn serve(args: ProxyArgs, upstream: Uri) -> Result<(), CliError> {
         .map_err(|e| CliError::failed(format!("server error: {e}")))
 }
 
-async fn dashboard() -> Response {
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/html; charset=utf-8"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        crate::telemetry::DASHBOARD_HTML,
-    )
-        .into_response()
-}
-
 async fn stats_json(State(state): State<AppState>) -> Response {
     let mut snap = state.telemetry.snapshot(Some(&state.http.stats()), None);
     snap["metrics_path"] = "/_larder/metrics".into();
     snap["upstream"] = state.upstream.to_string().into();
     snap["upstream_errors"] = state.stats.upstream_errors.load(Ordering::Relaxed).into();
-    (
-        [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            ),
-            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
-        ],
-        snap.to_string(),
-    )
-        .into_response()
+    crate::telemetry::stats_response(&snap)
 }
 
 async fn status(State(state): State<AppState>) -> Response {

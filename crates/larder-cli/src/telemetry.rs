@@ -14,6 +14,46 @@ pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 const WINDOW: Duration = Duration::from_secs(10);
 
+/// `GET /_larder`: the dashboard page, never cached.
+pub async fn dashboard_page() -> axum::response::Response {
+    no_store("text/html; charset=utf-8", DASHBOARD_HTML.to_owned())
+}
+
+/// `GET /_larder/stats.json`'s response for a snapshot.
+pub fn stats_response(snapshot: &serde_json::Value) -> axum::response::Response {
+    no_store("application/json", snapshot.to_string())
+}
+
+fn no_store(content_type: &'static str, body: String) -> axum::response::Response {
+    use axum::http::{header, HeaderValue};
+    use axum::response::IntoResponse;
+    (
+        [
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Middleware: records every request's latency except the dashboard's and
+/// the metrics endpoints' own.
+pub async fn measure(
+    axum::extract::State(telemetry): axum::extract::State<Arc<Telemetry>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let path = req.uri().path();
+    let own = path.starts_with("/_larder") || path == "/metrics";
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    if !own {
+        telemetry.record_latency(start.elapsed());
+    }
+    resp
+}
+
 /// Metrics and latencies of this process.
 pub struct Telemetry {
     prometheus: PrometheusHandle,
