@@ -29,6 +29,23 @@ pub const STATUS_HEADER: &str = "x-larder-cache";
 /// Default largest body stored: 1 MiB.
 pub const DEFAULT_MAX_BODY: usize = 1 << 20;
 
+/// Default time a URL whose response could not be stored is remembered as
+/// uncacheable (Varnish's hit-for-miss): 60 s.
+pub const DEFAULT_UNCACHEABLE_FOR: Duration = Duration::from_secs(60);
+
+/// Default longest wait of a request for another request to the same URL:
+/// 30 s.
+pub const DEFAULT_MERGE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How many URLs the uncacheable memory holds at most (then it forgets the
+/// expired ones, or all): bounded memory under any number of URLs.
+const UNCACHEABLE_CAP: usize = 65_536;
+
+/// How long a tag purge is remembered when no stored response carries the
+/// tag: long enough for a response requested before the purge to be stored
+/// after it and still be refused.
+const PURGE_RACE_WINDOW: Duration = Duration::from_secs(120);
+
 fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -60,6 +77,10 @@ pub struct HttpCacheBuilder {
     max_body: usize,
     tag_headers: Vec<HeaderName>,
     status_header: bool,
+    honor_request_cache_control: bool,
+    uncacheable_for: Duration,
+    merge_timeout: Duration,
+    key_headers: Vec<String>,
 }
 
 impl HttpCacheBuilder {
@@ -103,6 +124,48 @@ impl HttpCacheBuilder {
         self.status_header = on;
         self
     }
+    /// Act on the request's own `Cache-Control` (`no-cache`, `max-age`,
+    /// `min-fresh`, `no-store`) and `Pragma: no-cache` (default **off**, as
+    /// nginx and Varnish do): with it on, any client can make the cache go
+    /// to the origin, though such requests are still merged per URL. Off,
+    /// those directives are ignored for lookups (`no-store` still keeps the
+    /// response to that request out of the store); `only-if-cached` is
+    /// always honoured.
+    pub fn honor_request_cache_control(mut self, on: bool) -> Self {
+        self.honor_request_cache_control = on;
+        self
+    }
+    /// Remember for this long that a URL's response could not be stored
+    /// (`private`, `Set-Cookie`, `no-store`, no freshness, too large), so
+    /// that its concurrent requests go to the origin at once and in
+    /// parallel instead of queueing behind one another (Varnish's
+    /// hit-for-miss). A later storable response ends it early. Default
+    /// [`DEFAULT_UNCACHEABLE_FOR`]; zero turns it off.
+    pub fn uncacheable_for(mut self, d: Duration) -> Self {
+        self.uncacheable_for = d;
+        self
+    }
+    /// The longest a request waits for another request to the same URL
+    /// before it is answered `504 Gateway Timeout` (default
+    /// [`DEFAULT_MERGE_TIMEOUT`]). Set it to what bounds one origin request
+    /// (the proxy uses its upstream timeouts), so that a waiting request
+    /// never waits longer than the one it waits for.
+    pub fn merge_timeout(mut self, d: Duration) -> Self {
+        self.merge_timeout = d;
+        self
+    }
+    /// Request headers that are part of every cache key, as if every
+    /// response named them in `Vary` (e.g. `X-Forwarded-Host`, or a header
+    /// your application reads to choose a tenant or a language). A request
+    /// header the application uses but the key does not include lets one
+    /// client's request decide what others are served: key on it here, or
+    /// have the response say `Vary`.
+    pub fn key_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.key_headers = names.into_iter().map(|n| n.as_str().to_owned()).collect();
+        self.key_headers.sort();
+        self.key_headers.dedup();
+        self
+    }
     /// Builds the shared state.
     pub fn build(self) -> HttpCache {
         let label = self.cache.name().to_owned();
@@ -114,7 +177,12 @@ impl HttpCacheBuilder {
                 max_body: self.max_body,
                 tag_headers: self.tag_headers,
                 status_header: self.status_header,
+                honor_request_cache_control: self.honor_request_cache_control,
+                uncacheable_for: self.uncacheable_for,
+                merge_timeout: self.merge_timeout,
+                key_headers: self.key_headers,
                 flights: Mutex::new(HashMap::new()),
+                uncacheable: Mutex::new(HashMap::new()),
                 counters: Counters {
                     hit: c("larder_http_hits_total"),
                     miss: c("larder_http_misses_total"),
@@ -124,6 +192,7 @@ impl HttpCacheBuilder {
                     stored: c("larder_http_stored_total"),
                     merged: c("larder_http_merged_total"),
                     invalidated: c("larder_http_invalidations_total"),
+                    hit_for_miss: c("larder_http_hit_for_miss_total"),
                 },
             }),
         }
@@ -162,6 +231,7 @@ struct Counters {
     stored: Count,
     merged: Count,
     invalidated: Count,
+    hit_for_miss: Count,
 }
 
 /// What an [`HttpCache`] has done since it was built (also exported as
@@ -185,14 +255,47 @@ pub struct HttpCacheStats {
     pub merged: u64,
     /// URLs and tags invalidated or purged.
     pub invalidations: u64,
+    /// Requests sent straight to the origin because their URL was recently
+    /// found uncacheable (see [`HttpCacheBuilder::uncacheable_for`]).
+    pub hit_for_miss: u64,
 }
 
 /// What one in-flight miss produced for the requests that waited on it.
 #[derive(Clone)]
 enum Flight {
     Stored(Arc<Entry>),
-    /// Not shareable (private, too large, an error): everyone asks itself.
+    /// Not shareable (private, too large, for this request only): everyone
+    /// asks itself.
     NotShared,
+    /// The origin failed (transport error, timeout, 502/503/504, a body
+    /// that broke off): those who waited get this status at once rather
+    /// than waiting out the same failure again.
+    Failed(StatusCode),
+}
+
+/// What became of a response from the origin.
+enum Outcome {
+    Stored(Entry),
+    /// Not storable whoever asks: remember the URL (hit-for-miss).
+    Uncacheable,
+    /// Not stored for reasons of this request only.
+    NotShared,
+    Failed(StatusCode),
+}
+
+impl Outcome {
+    fn of_refusal(why: NotStored, status: StatusCode) -> Outcome {
+        if matches!(status.as_u16(), 502..=504) {
+            return Outcome::Failed(status);
+        }
+        match why {
+            NotStored::Method
+            | NotStored::Authorization
+            | NotStored::RequestNoStore
+            | NotStored::Cookie => Outcome::NotShared,
+            _ => Outcome::Uncacheable,
+        }
+    }
 }
 
 struct Shared {
@@ -201,7 +304,13 @@ struct Shared {
     max_body: usize,
     tag_headers: Vec<HeaderName>,
     status_header: bool,
+    honor_request_cache_control: bool,
+    uncacheable_for: Duration,
+    merge_timeout: Duration,
+    key_headers: Vec<String>,
     flights: Mutex<HashMap<String, watch::Sender<Option<Flight>>>>,
+    /// URL key → until when (unix ms) it is known uncacheable.
+    uncacheable: Mutex<HashMap<String, u64>>,
     counters: Counters,
 }
 
@@ -265,6 +374,10 @@ impl HttpCache {
                 HeaderName::from_static("surrogate-key"),
             ],
             status_header: true,
+            honor_request_cache_control: false,
+            uncacheable_for: DEFAULT_UNCACHEABLE_FOR,
+            merge_timeout: DEFAULT_MERGE_TIMEOUT,
+            key_headers: Vec::new(),
         }
     }
 
@@ -285,17 +398,17 @@ impl HttpCache {
             stored: c.stored.get(),
             merged: c.merged.get(),
             invalidations: c.invalidated.get(),
+            hit_for_miss: c.hit_for_miss.get(),
         }
     }
 
-    /// Removes every stored response for `uri` on `host` (all variants).
-    pub async fn purge_url(&self, host: &str, uri: &Uri) -> larder_core::Result<()> {
+    /// Removes every stored response for `uri` on `host` (all variants);
+    /// returns whether anything was stored.
+    pub async fn purge_url(&self, host: &str, uri: &Uri) -> larder_core::Result<bool> {
         self.shared.counters.invalidated.increment(1);
-        self.shared
-            .cache
-            .delete(&key::primary(&host.to_ascii_lowercase(), uri))
-            .await
-            .map(|_| ())
+        let pkey = key::primary(&host.to_ascii_lowercase(), uri);
+        self.forget_uncacheable(&pkey);
+        self.shared.cache.delete(&pkey).await
     }
 
     /// Makes every stored response tagged `tag` (by a `Cache-Tag` or
@@ -304,12 +417,79 @@ impl HttpCache {
     /// invalid even if it is stored after it, so a purge racing with a
     /// store wins. Relies on the processes' clocks agreeing to within the
     /// time between a write and its purge.
-    pub async fn purge_tag(&self, tag: &str) -> larder_core::Result<()> {
+    ///
+    /// Returns whether a stored response carries the tag. The purge record
+    /// lives as long as the longest-kept response with that tag (or two
+    /// minutes when there is none, for responses being stored right now),
+    /// so purging random tags cannot grow the store without bound.
+    pub async fn purge_tag(&self, tag: &str) -> larder_core::Result<bool> {
         self.shared.counters.invalidated.increment(1);
-        self.shared
-            .cache
-            .set(&key::tag(tag), &unix_ms(), Ttl::Never)
-            .await
+        let cache = &self.shared.cache;
+        let now = unix_ms();
+        // Unreadable or missing: nothing known to carry the tag.
+        let until = cache
+            .get::<u64>(&key::tag_seen(tag))
+            .await?
+            .filter(|&until| until > now);
+        let keep = until.map_or(PURGE_RACE_WINDOW, |u| {
+            Duration::from_millis(u - now).max(PURGE_RACE_WINDOW)
+        });
+        cache.set(&key::tag(tag), &now, Ttl::After(keep)).await?;
+        Ok(until.is_some())
+    }
+
+    /// Records that a response tagged `tags` is kept until `until` (unix
+    /// ms), for [`purge_tag`](Self::purge_tag)'s answer and record lifetime.
+    async fn note_tags(&self, tags: &[String], keep: Duration) {
+        let cache = &self.shared.cache;
+        let until = unix_ms() + millis(keep);
+        let keys: Vec<String> = tags.iter().map(|t| key::tag_seen(t)).collect();
+        let known = cache.get_many::<u64, _>(&keys).await.unwrap_or_default();
+        for k in keys {
+            if known.get(&k).is_some_and(|&u| u >= until) {
+                continue;
+            }
+            if let Err(e) = cache.set(&k, &until, Ttl::After(keep)).await {
+                tracing::debug!(error = %e, "http cache: tag record not written");
+            }
+        }
+    }
+
+    fn is_uncacheable(&self, pkey: &str) -> bool {
+        let map = self
+            .shared
+            .uncacheable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.get(pkey).is_some_and(|&until| until > unix_ms())
+    }
+
+    fn remember_uncacheable(&self, pkey: &str) {
+        if self.shared.uncacheable_for.is_zero() {
+            return;
+        }
+        let now = unix_ms();
+        let mut map = self
+            .shared
+            .uncacheable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.len() >= UNCACHEABLE_CAP {
+            map.retain(|_, until| *until > now);
+            if map.len() >= UNCACHEABLE_CAP {
+                map.clear();
+            }
+        }
+        map.insert(pkey.to_owned(), now + millis(self.shared.uncacheable_for));
+    }
+
+    fn forget_uncacheable(&self, pkey: &str) {
+        let mut map = self
+            .shared
+            .uncacheable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        map.remove(pkey);
     }
 
     /// The tower layer for this cache (whole site, or `route_layer`).
@@ -350,7 +530,7 @@ impl HttpCache {
     pub(crate) async fn handle<S, ReqB, ResB>(
         &self,
         inner: S,
-        req: Request<ReqB>,
+        mut req: Request<ReqB>,
         over: Overrides,
     ) -> Result<Response<CacheBody<ResB>>, S::Error>
     where
@@ -362,7 +542,27 @@ impl HttpCache {
         ResB::Error: Into<BoxError>,
     {
         let method = req.method().clone();
-        let host = key::host_of(req.uri(), req.headers());
+        let host = match key::request_host(req.version(), req.uri(), req.headers()) {
+            Ok(host) => host,
+            Err(why) => {
+                // Which host the application acts on is not certain: never
+                // store or serve for such a request (`larder proxy` answers
+                // 400 before it gets here).
+                tracing::debug!(%why, "http cache: ambiguous host; bypassing the cache");
+                self.shared.counters.bypass.increment(1);
+                let res = inner.oneshot(req).await?;
+                return Ok(self.pass(res, "BYPASS"));
+            }
+        };
+        // RFC 9112 §3.2.2: an absolute-form target's authority replaces
+        // Host, so the application sees the host the response is keyed on.
+        if let Some(v) = req
+            .uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            req.headers_mut().insert(header::HOST, v);
+        }
         if !policy::is_safe(&method) {
             let uri = req.uri().clone();
             let res = inner.oneshot(req).await?;
@@ -372,7 +572,7 @@ impl HttpCache {
             }
             return Ok(self.pass(res, "BYPASS"));
         }
-        let req_cc = request_cache_control(req.headers());
+        let req_cc = self.request_directives(req.headers());
         if !(method == Method::GET || method == Method::HEAD)
             || req.headers().contains_key(header::AUTHORIZATION)
             || req_cc.no_store
@@ -400,7 +600,7 @@ impl HttpCache {
                     self.spawn_revalidation(inner, &req, pkey, entry.clone(), over);
                     return Ok(self.serve(&entry, req.headers(), &method, now, "STALE"));
                 }
-                self.revalidate(inner, req, pkey, entry, over).await
+                self.revalidate_merged(inner, req, pkey, entry, over).await
             }
             Lookup::Miss => {
                 if req_cc.only_if_cached {
@@ -410,7 +610,28 @@ impl HttpCache {
                     return Ok(r);
                 }
                 self.shared.counters.miss.increment(1);
+                if self.is_uncacheable(&pkey) {
+                    // Hit-for-miss: nobody could share the answer, so
+                    // nobody waits for anybody.
+                    self.shared.counters.hit_for_miss.increment(1);
+                    return self.fetch_alone(inner, req, &pkey, over).await;
+                }
                 self.miss(inner, req, pkey, over).await
+            }
+        }
+    }
+
+    /// The request directives the cache acts on: all of them when
+    /// configured to, else only `only-if-cached` (which never costs the
+    /// origin a request).
+    fn request_directives(&self, h: &HeaderMap) -> CacheControl {
+        let cc = request_cache_control(h);
+        if self.shared.honor_request_cache_control {
+            cc
+        } else {
+            CacheControl {
+                only_if_cached: cc.only_if_cached,
+                ..CacheControl::default()
             }
         }
     }
@@ -501,8 +722,103 @@ impl HttpCache {
         r
     }
 
+    /// Joins the in-flight request for `pkey`, or becomes it (`Ok`).
+    fn join_flight(&self, pkey: &str) -> Result<(), watch::Receiver<Option<Flight>>> {
+        let mut flights = self
+            .shared
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match flights.get(pkey) {
+            Some(tx) => Err(tx.subscribe()),
+            None => {
+                let (tx, _) = watch::channel(None);
+                flights.insert(pkey.to_owned(), tx);
+                Ok(())
+            }
+        }
+    }
+
+    /// Waits for the request being waited on, at most the merge timeout;
+    /// `None` when it took longer.
+    async fn wait_flight(&self, mut rx: watch::Receiver<Option<Flight>>) -> Option<Flight> {
+        self.shared.counters.merged.increment(1);
+        match tokio::time::timeout(self.shared.merge_timeout, rx.wait_for(Option::is_some)).await {
+            Ok(Ok(outcome)) => Some((*outcome).clone().unwrap_or(Flight::NotShared)),
+            Ok(Err(_)) => Some(Flight::NotShared),
+            Err(_) => None,
+        }
+    }
+
+    /// What a waiting request is answered when the origin failed for the
+    /// request it waited on: that status, at once, never a body that
+    /// could pass for the page.
+    fn failed_response<B>(&self, status: StatusCode) -> Response<CacheBody<B>> {
+        let mut r = Response::new(CacheBody::full(Bytes::from(format!(
+            "larder: the origin failed or timed out ({status}) for the request this one waited on\n"
+        ))));
+        *r.status_mut() = status;
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        self.mark(&mut r, "MISS");
+        r
+    }
+
+    /// What the requests waiting on this one learn from its outcome.
+    fn publish(&self, pkey: &str, outcome: Outcome) -> Flight {
+        match outcome {
+            Outcome::Stored(e) => {
+                self.forget_uncacheable(pkey);
+                Flight::Stored(Arc::new(e))
+            }
+            Outcome::Uncacheable => {
+                self.remember_uncacheable(pkey);
+                Flight::NotShared
+            }
+            Outcome::NotShared => Flight::NotShared,
+            Outcome::Failed(s) => Flight::Failed(s),
+        }
+    }
+
+    /// One request to the origin, merged with nobody; stores what it may.
+    async fn fetch_alone<S, ReqB, ResB>(
+        &self,
+        inner: S,
+        req: Request<ReqB>,
+        pkey: &str,
+        over: Overrides,
+    ) -> Result<Response<CacheBody<ResB>>, S::Error>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Send + 'static,
+        ReqB: Default + Send + 'static,
+        ResB: Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        let requested_at = unix_ms();
+        let req_headers = req.headers().clone();
+        let head = req.method() == Method::HEAD;
+        let res = inner.oneshot(req).await?;
+        if head {
+            return Ok(self.pass(res, "MISS"));
+        }
+        let (r, outcome) = self
+            .store_response(pkey, &req_headers, res, over, requested_at)
+            .await;
+        if let Outcome::Stored(_) = outcome {
+            self.forget_uncacheable(pkey);
+        }
+        Ok(r)
+    }
+
     /// A miss: one request to the origin per URL at a time in this
-    /// process; the others use its response when it is shareable with them.
+    /// process; the others use its response when it is shareable with
+    /// them, its failure when it failed, and go themselves otherwise.
     async fn miss<S, ReqB, ResB>(
         &self,
         inner: S,
@@ -518,40 +834,19 @@ impl HttpCache {
         ResB: Body<Data = Bytes> + Send + 'static,
         ResB::Error: Into<BoxError>,
     {
-        let joined = {
-            let mut flights = self
-                .shared
-                .flights
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            match flights.get(&pkey) {
-                Some(tx) => Err(tx.subscribe()),
-                None => {
-                    let (tx, _) = watch::channel(None);
-                    flights.insert(pkey.clone(), tx);
-                    Ok(())
-                }
-            }
-        };
-        if let Err(mut rx) = joined {
-            self.shared.counters.merged.increment(1);
-            let outcome = rx
-                .wait_for(Option::is_some)
-                .await
-                .ok()
-                .and_then(|o| o.clone());
-            if let Some(Flight::Stored(entry)) = outcome {
-                let names = &entry.vary;
-                if policy::vary_values(names, req.headers()) == entry.vary_values {
+        if let Err(rx) = self.join_flight(&pkey) {
+            match self.wait_flight(rx).await {
+                Some(Flight::Stored(entry))
+                    if policy::vary_values(&entry.vary, req.headers()) == entry.vary_values =>
+                {
                     let method = req.method().clone();
                     return Ok(self.serve(&entry, req.headers(), &method, unix_ms(), "HIT"));
                 }
+                Some(Flight::Failed(status)) => return Ok(self.failed_response(status)),
+                None => return Ok(self.failed_response(StatusCode::GATEWAY_TIMEOUT)),
+                Some(_) => {}
             }
-            let res = inner.oneshot(req).await?;
-            return self
-                .store_response(&pkey, None, res, over, unix_ms())
-                .await
-                .map(|(r, _)| r);
+            return self.fetch_alone(inner, req, &pkey, over).await;
         }
         // Leader: the guard publishes NotShared if this future is dropped.
         let mut guard = FlightGuard {
@@ -564,37 +859,35 @@ impl HttpCache {
         let method = req.method().clone();
         let res = match inner.oneshot(req).await {
             Ok(r) => r,
-            Err(e) => return Err(e),
+            Err(e) => {
+                guard.outcome = Some(Flight::Failed(StatusCode::BAD_GATEWAY));
+                return Err(e);
+            }
         };
         if method == Method::HEAD {
             return Ok(self.pass(res, "MISS"));
         }
-        let (r, stored) = self
-            .store_response(&pkey, Some(&req_headers), res, over, requested_at)
-            .await?;
-        if let Some(entry) = stored {
-            guard.outcome = Some(Flight::Stored(Arc::new(entry)));
-        }
+        let (r, outcome) = self
+            .store_response(&pkey, &req_headers, res, over, requested_at)
+            .await;
+        guard.outcome = Some(self.publish(&pkey, outcome));
         Ok(r)
     }
 
     /// Stores a response from the origin if it may, and returns it to the
     /// client (buffered when stored, passed through otherwise).
-    async fn store_response<ResB, E>(
+    async fn store_response<ResB>(
         &self,
         pkey: &str,
-        req_headers: Option<&HeaderMap>,
+        req_headers: &HeaderMap,
         res: Response<ResB>,
         over: Overrides,
         requested_at: u64,
-    ) -> Result<(Response<CacheBody<ResB>>, Option<Entry>), E>
+    ) -> (Response<CacheBody<ResB>>, Outcome)
     where
         ResB: Body<Data = Bytes> + Send + 'static,
         ResB::Error: Into<BoxError>,
     {
-        let Some(req_headers) = req_headers else {
-            return Ok((self.pass(res, "MISS"), None));
-        };
         let (mut parts, body) = res.into_parts();
         let tags = self.strip_tags(&mut parts.headers);
         let lifetime = match policy::storable(
@@ -623,9 +916,10 @@ impl HttpCache {
             Ok(l) => l,
             Err(why) => {
                 tracing::trace!(?why, "response not stored");
+                let outcome = Outcome::of_refusal(why, parts.status);
                 let mut r = Response::from_parts(parts, CacheBody::inner(body));
                 self.mark(&mut r, "MISS");
-                return Ok((r, None));
+                return (r, outcome);
             }
         };
         // Only bodies of known, small enough length are buffered.
@@ -639,17 +933,18 @@ impl HttpCache {
         if len.is_none_or(|n| n > self.shared.max_body as u64) {
             let mut r = Response::from_parts(parts, CacheBody::inner(body));
             self.mark(&mut r, "MISS");
-            return Ok((r, None));
+            return (r, Outcome::Uncacheable);
         }
         let bytes = match body.collect().await {
             Ok(c) => c.to_bytes(),
             Err(e) => {
+                // Never a truncated body that could pass for the page.
                 let e: BoxError = e.into();
-                tracing::warn!(error = %e, "origin body failed while buffering; 502");
-                let mut r = Response::new(CacheBody::full(Bytes::new()));
-                *r.status_mut() = StatusCode::BAD_GATEWAY;
-                self.mark(&mut r, "MISS");
-                return Ok((r, None));
+                tracing::debug!(error = %e, "origin body failed while buffering; 502");
+                return (
+                    self.failed_response(StatusCode::BAD_GATEWAY),
+                    Outcome::Failed(StatusCode::BAD_GATEWAY),
+                );
             }
         };
         let entry = self.entry(
@@ -666,9 +961,8 @@ impl HttpCache {
         }
         let mut r = Response::from_parts(parts, CacheBody::full(bytes));
         self.mark(&mut r, "MISS");
-        Ok((r, entry))
+        (r, entry.map_or(Outcome::Uncacheable, Outcome::Stored))
     }
-
     #[allow(clippy::too_many_arguments)]
     fn entry(
         &self,
@@ -690,18 +984,39 @@ impl HttpCache {
                 cc.stale_if_error.map_or(grace, |s| s * 1000),
             )
         };
-        let vary = policy::vary_names(headers)?;
+        let mut vary = policy::vary_names(headers)?;
+        if !self.shared.key_headers.is_empty() {
+            vary.extend(self.shared.key_headers.iter().cloned());
+            vary.sort();
+            vary.dedup();
+        }
         let vary_values = policy::vary_values(&vary, req_headers);
         let initial_age = headers
             .get(header::AGE)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(0);
-        let stored: Vec<(String, ByteBuf)> = headers
+        let mut stored: Vec<(String, ByteBuf)> = headers
             .iter()
-            .filter(|(n, _)| !HOP_BY_HOP.contains(&n.as_str()) && n.as_str() != STATUS_HEADER)
+            .filter(|(n, _)| {
+                !HOP_BY_HOP.contains(&n.as_str())
+                    && n.as_str() != STATUS_HEADER
+                    && *n != header::CONTENT_LENGTH
+            })
             .map(|(n, v)| (n.as_str().to_owned(), ByteBuf(v.as_bytes().to_vec())))
             .collect();
+        // The length of the body actually stored, whatever the origin
+        // said: HEAD answered from this entry must carry the GET's length
+        // (RFC 9110 §8.6), and a hit must never announce a different one.
+        if !(status.is_informational()
+            || *status == StatusCode::NO_CONTENT
+            || *status == StatusCode::NOT_MODIFIED)
+        {
+            stored.push((
+                "content-length".to_owned(),
+                ByteBuf(body.len().to_string().into_bytes()),
+            ));
+        }
         let entry = Entry {
             status: status.as_u16(),
             headers: stored,
@@ -776,6 +1091,9 @@ impl HttpCache {
                 Err(e) => Err(e),
             }
         };
+        if r.is_ok() && !entry.tags.is_empty() {
+            self.note_tags(&entry.tags, Self::keep_for(entry)).await;
+        }
         match r {
             Ok(()) => self.shared.counters.stored.increment(1),
             Err(e) => {
@@ -784,8 +1102,69 @@ impl HttpCache {
         }
     }
 
+    /// A stale entry that must be revalidated before use: one request to
+    /// the origin per URL at a time, as for misses.
+    async fn revalidate_merged<S, ReqB, ResB>(
+        &self,
+        inner: S,
+        req: Request<ReqB>,
+        pkey: String,
+        entry: Entry,
+        over: Overrides,
+    ) -> Result<Response<CacheBody<ResB>>, S::Error>
+    where
+        S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send,
+        S::Error: Send + 'static,
+        ReqB: Default + Send + 'static,
+        ResB: Body<Data = Bytes> + Send + 'static,
+        ResB::Error: Into<BoxError>,
+    {
+        if let Err(rx) = self.join_flight(&pkey) {
+            let method = req.method().clone();
+            let failed = match self.wait_flight(rx).await {
+                Some(Flight::Stored(fresh))
+                    if policy::vary_values(&fresh.vary, req.headers()) == fresh.vary_values =>
+                {
+                    return Ok(self.serve(&fresh, req.headers(), &method, unix_ms(), "HIT"));
+                }
+                Some(Flight::Failed(status)) => Some(status),
+                None => Some(StatusCode::GATEWAY_TIMEOUT),
+                Some(_) => None,
+            };
+            if let Some(status) = failed {
+                let now = unix_ms();
+                if entry.age(now) < entry.lifetime() + Duration::from_millis(entry.sie_ms) {
+                    self.shared.counters.stale.increment(1);
+                    return Ok(self.serve(&entry, req.headers(), &method, now, "STALE"));
+                }
+                return Ok(self.failed_response(status));
+            }
+            return self
+                .revalidate(inner, req, pkey, entry, over)
+                .await
+                .map(|(r, _)| r);
+        }
+        let mut guard = FlightGuard {
+            http: self,
+            pkey: pkey.clone(),
+            outcome: Some(Flight::NotShared),
+        };
+        match self.revalidate(inner, req, pkey, entry, over).await {
+            Ok((r, flight)) => {
+                guard.outcome = Some(flight);
+                Ok(r)
+            }
+            Err(e) => {
+                guard.outcome = Some(Flight::Failed(StatusCode::BAD_GATEWAY));
+                Err(e)
+            }
+        }
+    }
+
     /// Forwards a request for a stale entry with its validators; a 304
-    /// refreshes the entry.
+    /// refreshes the entry. Also says what requests waiting on this one
+    /// may use.
     async fn revalidate<S, ReqB, ResB>(
         &self,
         inner: S,
@@ -793,7 +1172,7 @@ impl HttpCache {
         pkey: String,
         mut entry: Entry,
         over: Overrides,
-    ) -> Result<Response<CacheBody<ResB>>, S::Error>
+    ) -> Result<(Response<CacheBody<ResB>>, Flight), S::Error>
     where
         S: Service<Request<ReqB>, Response = Response<ResB>> + Clone + Send + 'static,
         S::Future: Send,
@@ -810,11 +1189,13 @@ impl HttpCache {
         let within_sie = entry.age(now) < entry.lifetime() + Duration::from_millis(entry.sie_ms);
         let res = match inner.oneshot(req).await {
             Ok(r) => r,
-            Err(e) if within_sie => {
-                tracing::warn!("origin failed; serving the stale response (stale-if-error)");
+            Err(_) if within_sie => {
+                tracing::debug!("origin failed; serving the stale response (stale-if-error)");
                 self.shared.counters.stale.increment(1);
-                let _ = &e;
-                return Ok(self.serve(&entry, &client_headers, &method, now, "STALE"));
+                return Ok((
+                    self.serve(&entry, &client_headers, &method, now, "STALE"),
+                    Flight::Failed(StatusCode::BAD_GATEWAY),
+                ));
             }
             Err(e) => return Err(e),
         };
@@ -824,20 +1205,24 @@ impl HttpCache {
             entry.initial_age = 0;
             self.put(&pkey, &entry).await;
             self.shared.counters.revalidated.increment(1);
-            return Ok(self.serve(&entry, &client_headers, &method, unix_ms(), "REVALIDATED"));
+            let r = self.serve(&entry, &client_headers, &method, unix_ms(), "REVALIDATED");
+            return Ok((r, Flight::Stored(Arc::new(entry))));
         }
         if res.status().is_server_error() && within_sie {
             self.shared.counters.stale.increment(1);
-            return Ok(self.serve(&entry, &client_headers, &method, now, "STALE"));
+            return Ok((
+                self.serve(&entry, &client_headers, &method, now, "STALE"),
+                Flight::Failed(res.status()),
+            ));
         }
         if method == Method::HEAD {
-            return Ok(self.pass(res, "MISS"));
+            return Ok((self.pass(res, "MISS"), Flight::NotShared));
         }
-        self.store_response(&pkey, Some(&client_headers), res, over, requested_at)
-            .await
-            .map(|(r, _)| r)
+        let (r, outcome) = self
+            .store_response(&pkey, &client_headers, res, over, requested_at)
+            .await;
+        Ok((r, self.publish(&pkey, outcome)))
     }
-
     /// One background revalidation per URL at a time.
     fn spawn_revalidation<S, ReqB, ResB>(
         &self,
@@ -880,7 +1265,7 @@ impl HttpCache {
         }
         let http = self.clone();
         tokio::spawn(async move {
-            let _guard = FlightGuard {
+            let mut guard = FlightGuard {
                 http: &http,
                 pkey: pkey.clone(),
                 outcome: Some(Flight::NotShared),
@@ -889,7 +1274,8 @@ impl HttpCache {
                 .revalidate(inner, background, pkey.clone(), entry, over)
                 .await
             {
-                Ok(res) => {
+                Ok((res, flight)) => {
+                    guard.outcome = Some(flight);
                     // Drain what was stored so the origin's body is consumed.
                     let _ = res.into_body().collect().await;
                 }

@@ -51,6 +51,10 @@ mod layer;
 pub mod policy;
 
 pub use body::{BoxError, CacheBody};
-pub use cache::{HttpCache, HttpCacheBuilder, HttpCacheStats, DEFAULT_MAX_BODY, STATUS_HEADER};
+pub use cache::{
+    HttpCache, HttpCacheBuilder, HttpCacheStats, DEFAULT_MAX_BODY, DEFAULT_MERGE_TIMEOUT,
+    DEFAULT_UNCACHEABLE_FOR, STATUS_HEADER,
+};
 pub use headers::{cache_control, never_cache, vary_on_cookie, vary_on_headers};
+pub use key::{request_host, HostError};
 pub use layer::{cache_page, CacheLayer, CacheService, ResponseFuture};

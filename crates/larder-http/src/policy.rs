@@ -139,8 +139,14 @@ pub enum NotStored {
     Method,
     /// The status is not cacheable without explicit freshness.
     Status,
-    /// `Cache-Control: no-store` on the request or the response.
+    /// `Cache-Control: no-store` on the response.
     NoStore,
+    /// `Cache-Control: no-store` on the request.
+    RequestNoStore,
+    /// The request carried `Cookie` and the response no explicit freshness:
+    /// heuristic freshness (a default TTL, `Last-Modified`) is never applied
+    /// to a response that may be personalised (Varnish's builtin rule).
+    Cookie,
     /// `Cache-Control: private`.
     Private,
     /// The request carried `Authorization`.
@@ -182,7 +188,10 @@ pub fn storable(
     }
     let req_cc = CacheControl::parse(req_headers);
     let cc = CacheControl::parse(res_headers);
-    if req_cc.no_store || cc.no_store {
+    if req_cc.no_store {
+        return Err(NotStored::RequestNoStore);
+    }
+    if cc.no_store {
         return Err(NotStored::NoStore);
     }
     if cc.private {
@@ -208,6 +217,9 @@ pub fn storable(
     }
     if !(heuristically_cacheable(status) || cc.public) {
         return Err(NotStored::Status);
+    }
+    if req_headers.contains_key(header::COOKIE) {
+        return Err(NotStored::Cookie);
     }
     if let Some(ttl) = rules.default_ttl {
         return Ok(ttl);
@@ -397,7 +409,43 @@ mod tests {
                 200,
                 &[("cache-control", "max-age=60")]
             ),
-            Err(NotStored::NoStore)
+            Err(NotStored::RequestNoStore)
+        );
+        // A session cookie and no explicit freshness: never heuristically
+        // fresh (under a default TTL it would reach anonymous clients).
+        let with_default = Rules {
+            default_ttl: Some(Duration::from_secs(300)),
+            ..rules()
+        };
+        let req = headers(&[("cookie", "session=abc")]);
+        assert_eq!(
+            storable(
+                &with_default,
+                &Method::GET,
+                &req,
+                StatusCode::OK,
+                &HeaderMap::new()
+            ),
+            Err(NotStored::Cookie)
+        );
+        assert_eq!(
+            storable(
+                &with_default,
+                &Method::GET,
+                &req,
+                StatusCode::OK,
+                &headers(&[("last-modified", "Thu, 26 Nov 2026 09:00:00 GMT")])
+            ),
+            Err(NotStored::Cookie)
+        );
+        assert_eq!(
+            store(
+                &[("cookie", "session=abc")],
+                200,
+                &[("cache-control", "max-age=60")]
+            ),
+            Ok(Duration::from_secs(60)),
+            "explicit freshness is the origin's decision"
         );
     }
 

@@ -432,17 +432,341 @@ async fn keys_normalize_the_query_and_include_the_host() {
 }
 
 #[tokio::test]
-async fn request_no_cache_revalidates_and_only_if_cached_answers_504() {
+async fn request_no_cache_is_ignored_by_default_and_only_if_cached_answers_504() {
     let http = HttpCache::builder(store()).build();
     let calls = Arc::new(AtomicU32::new(0));
     let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
     let (s, _, _) = send(&app, with("/page", "cache-control", "only-if-cached")).await;
     assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
     send(&app, get_req("/page")).await;
+    // Any client could otherwise send the origin one request per request.
+    for (k, v) in [
+        ("cache-control", "no-cache"),
+        ("cache-control", "max-age=0"),
+        ("cache-control", "no-store"),
+        ("cache-control", "min-fresh=999"),
+        ("pragma", "no-cache"),
+    ] {
+        let (_, h, b) = send(&app, with("/page", k, v)).await;
+        assert_eq!((status(&h), b.as_str()), ("HIT", "body 1"), "{k}: {v}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn request_no_cache_when_honoured_revalidates() {
+    let http = HttpCache::builder(store())
+        .honor_request_cache_control(true)
+        .build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
+    send(&app, get_req("/page")).await;
     let (_, _, b) = send(&app, with("/page", "cache-control", "no-cache")).await;
     assert_eq!(b, "body 2", "no-cache went to the origin");
     let (_, h, _) = send(&app, with("/page", "pragma", "no-cache")).await;
     assert_ne!(status(&h), "HIT");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn honoured_no_cache_requests_are_merged() {
+    let http = HttpCache::builder(store())
+        .honor_request_cache_control(true)
+        .build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let c = c.clone();
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    ([("cache-control", "max-age=60")], "slow")
+                }
+            }),
+        )
+        .layer(http.layer());
+    send(&app, get_req("/slow")).await;
+    let all = (0..10).map(|_| send(&app, with("/slow", "cache-control", "no-cache")));
+    for (s, _, b) in futures_util::future::join_all(all).await {
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "slow"));
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "ten no-cache requests, one revalidation"
+    );
+}
+
+#[tokio::test]
+async fn head_from_a_stored_get_carries_the_get_length() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
+    let (_, h, b) = send(&app, get_req("/page")).await;
+    assert_eq!(b, "body 1");
+    let head = Request::builder()
+        .method("HEAD")
+        .uri("/page")
+        .header("host", "example.com")
+        .body(Body::empty())
+        .unwrap();
+    let (_, hh, hb) = send(&app, head).await;
+    assert_eq!((status(&hh), hb.as_str()), ("HIT", ""));
+    assert_eq!(
+        hh.get("content-length").map(|v| v.to_str().unwrap()),
+        Some("6")
+    );
+    let (_, h2, _) = send(&app, get_req("/page")).await;
+    assert_eq!(h2.get("content-length"), hh.get("content-length"));
+    let _ = h;
+}
+
+/// A router answering with the Host header it saw, cacheable.
+fn host_echo(http: &HttpCache, calls: Arc<AtomicU32>) -> Router {
+    Router::new()
+        .route(
+            "/x",
+            get(move |headers: HeaderMap| {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    let host = headers
+                        .get_all("host")
+                        .iter()
+                        .map(|v| v.to_str().unwrap_or("?").to_owned())
+                        .collect::<Vec<_>>()
+                        .join("+");
+                    (
+                        [("cache-control", "max-age=60")],
+                        format!("page for {host}"),
+                    )
+                }
+            }),
+        )
+        .layer(http.layer())
+}
+
+#[tokio::test]
+async fn an_absolute_target_sets_the_host_that_is_keyed_and_seen() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = host_echo(&http, calls.clone());
+    // The attack: keyed under victim, rendered for evil.
+    let attack = Request::builder()
+        .uri("http://victim/x")
+        .header("host", "evil")
+        .body(Body::empty())
+        .unwrap();
+    let (_, _, b) = send(&app, attack).await;
+    assert_eq!(
+        b, "page for victim",
+        "the application sees the target's host"
+    );
+    let visitor = Request::builder()
+        .uri("/x")
+        .header("host", "victim")
+        .body(Body::empty())
+        .unwrap();
+    let (_, h, b) = send(&app, visitor).await;
+    assert_eq!((status(&h), b.as_str()), ("HIT", "page for victim"));
+}
+
+#[tokio::test]
+async fn requests_with_no_or_two_hosts_bypass_the_cache() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = host_echo(&http, calls.clone());
+    let two = || {
+        Request::builder()
+            .uri("/x")
+            .header("host", "victim")
+            .header("host", "evil")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, h, _) = send(&app, two()).await;
+    assert_eq!(status(&h), "BYPASS");
+    let (_, h, _) = send(&app, two()).await;
+    assert_eq!(status(&h), "BYPASS", "nothing was stored for it");
+    let none = Request::builder().uri("/x").body(Body::empty()).unwrap();
+    let (_, h, _) = send(&app, none).await;
+    assert_eq!(status(&h), "BYPASS");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn query_strings_are_keyed_byte_for_byte() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
+    for (first, second) in [
+        ("/page?q=caf%E9", "/page?q=caf%E8"),
+        ("/page?x", "/page?x="),
+    ] {
+        send(&app, get_req(first)).await;
+        let (_, h, _) = send(&app, get_req(second)).await;
+        assert_eq!(
+            status(&h),
+            "MISS",
+            "{first} and {second} must not share an entry"
+        );
+    }
+}
+
+#[tokio::test]
+async fn key_headers_keep_their_values_apart_and_purge_removes_all() {
+    let http = HttpCache::builder(store())
+        .key_headers([axum::http::HeaderName::from_static("x-forwarded-host")])
+        .build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[("cache-control", "max-age=60")]);
+    let (_, _, a) = send(&app, with("/page", "x-forwarded-host", "a.example")).await;
+    let (_, h, b) = send(&app, with("/page", "x-forwarded-host", "b.example")).await;
+    assert_eq!(
+        (status(&h), a.as_str(), b.as_str()),
+        ("MISS", "body 1", "body 2")
+    );
+    let (_, h, b) = send(&app, with("/page", "x-forwarded-host", "a.example")).await;
+    assert_eq!((status(&h), b.as_str()), ("HIT", "body 1"));
+    assert!(http
+        .purge_url("example.com", &"/page".parse().unwrap())
+        .await
+        .unwrap());
+    let (_, h, _) = send(&app, with("/page", "x-forwarded-host", "b.example")).await;
+    assert_eq!(status(&h), "MISS");
+}
+
+#[tokio::test]
+async fn with_a_default_ttl_a_request_with_a_cookie_is_not_stored() {
+    let http = HttpCache::builder(store())
+        .default_ttl(Some(Duration::from_secs(60)))
+        .build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(&http, calls.clone(), &[]);
+    let (_, _, b) = send(&app, with("/page", "cookie", "sessionid=alice")).await;
+    assert_eq!(b, "body 1");
+    let (_, h, b) = send(&app, get_req("/page")).await;
+    assert_eq!(
+        (status(&h), b.as_str()),
+        ("MISS", "body 2"),
+        "alice's page must not reach an anonymous visitor"
+    );
+    let (_, h, _) = send(&app, get_req("/page")).await;
+    assert_eq!(status(&h), "HIT", "anonymous responses are stored");
+    let (_, h, b) = send(&app, with("/page", "cookie", "sessionid=bob")).await;
+    assert_eq!((status(&h), b.as_str()), ("HIT", "body 2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncacheable_urls_are_remembered_so_requests_do_not_queue() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let in_flight = Arc::new(AtomicU32::new(0));
+    let most = Arc::new(AtomicU32::new(0));
+    let (c, f, m) = (calls.clone(), in_flight.clone(), most.clone());
+    let app = Router::new()
+        .route(
+            "/private",
+            get(move || {
+                let (c, f, m) = (c.clone(), f.clone(), m.clone());
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+                    m.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    f.fetch_sub(1, Ordering::SeqCst);
+                    ([("cache-control", "private, max-age=60")], "mine")
+                }
+            }),
+        )
+        .layer(http.layer());
+    // The first request finds out.
+    send(&app, get_req("/private")).await;
+    let all = (0..10).map(|_| send(&app, get_req("/private")));
+    for (_, _, b) in futures_util::future::join_all(all).await {
+        assert_eq!(b, "mine");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 11);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        10,
+        "all ten went to the origin at once"
+    );
+    assert_eq!(http.stats().hit_for_miss, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_waiting_on_a_failed_origin_request_fail_at_once() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/down",
+            get(move || {
+                let c = c.clone();
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    (StatusCode::GATEWAY_TIMEOUT, "origin timed out")
+                }
+            }),
+        )
+        .layer(http.layer());
+    let all = (0..8).map(|_| send(&app, get_req("/down")));
+    for (s, _, _) in futures_util::future::join_all(all).await {
+        assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the others did not try again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_waits_no_longer_than_the_merge_timeout() {
+    let http = HttpCache::builder(store())
+        .merge_timeout(Duration::from_millis(100))
+        .build();
+    let app = Router::new()
+        .route(
+            "/stuck",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                ([("cache-control", "max-age=60")], "late")
+            }),
+        )
+        .layer(http.layer());
+    let leader = tokio::spawn({
+        let app = app.clone();
+        async move { send(&app, get_req("/stuck")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (s, h, _) = send(&app, get_req("/stuck")).await;
+    assert_eq!(s, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(h.get("cache-control").unwrap(), "no-store");
+    let (s, _, b) = leader.await.unwrap();
+    assert_eq!((s, b.as_str()), (StatusCode::OK, "late"));
+}
+
+#[tokio::test]
+async fn purges_say_whether_anything_matched() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = app(
+        &http,
+        calls.clone(),
+        &[("cache-control", "max-age=60"), ("cache-tag", "post:1")],
+    );
+    send(&app, get_req("/page")).await;
+    assert!(http.purge_tag("post:1").await.unwrap());
+    assert!(!http.purge_tag("post:2").await.unwrap());
+    let uri = "/page".parse().unwrap();
+    assert!(http.purge_url("example.com", &uri).await.unwrap());
+    assert!(!http.purge_url("example.com", &uri).await.unwrap());
 }
 
 #[tokio::test]
