@@ -14,6 +14,9 @@ pub const DASHBOARD_HTML: &str = include_str!("dashboard.html");
 
 const WINDOW: Duration = Duration::from_secs(10);
 
+/// How often the metrics recorder is drained when nobody scrapes it.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
+
 /// `GET /_larder`: the dashboard page, never cached.
 pub async fn dashboard_page() -> axum::response::Response {
     no_store("text/html; charset=utf-8", DASHBOARD_HTML.to_owned())
@@ -83,6 +86,16 @@ impl Telemetry {
                         // Another recorder is installed (embedding): ours
                         // then renders only what it sees (nothing).
                         PrometheusBuilder::new().build_recorder().handle()
+                    });
+                // Histograms keep every sample until upkeep drains them into
+                // their summaries; without it memory grows with every
+                // request until someone scrapes /metrics.
+                let upkeep = prometheus.clone();
+                let _ = std::thread::Builder::new()
+                    .name("larder-metrics-upkeep".into())
+                    .spawn(move || loop {
+                        std::thread::sleep(UPKEEP_EVERY);
+                        upkeep.run_upkeep();
                     });
                 Arc::new(Telemetry {
                     prometheus,

@@ -150,20 +150,10 @@ fn check_dashboard(wd: &WebDriver, url: &str, expect_views: bool) {
 fn the_dashboard_renders_and_updates_in_a_real_browser() {
     let dir = tempfile::tempdir().unwrap();
     let (_demo, demo_url) = start_demo(dir.path(), &["--traffic", "20"]);
-    let proxy_port = free_port();
-    let _proxy = Running(
-        Command::new(env!("CARGO_BIN_EXE_larder"))
-            .args(["proxy", "--listen", &format!("127.0.0.1:{proxy_port}")])
-            .args(["--upstream", &demo_url, "--cache", "mem://"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn larder proxy"),
-    );
-    let proxy_url = format!("http://127.0.0.1:{proxy_port}");
-    wait_until("the proxy", Duration::from_secs(20), || {
-        std::net::TcpStream::connect(("127.0.0.1", proxy_port)).is_ok()
-    });
+    let demo_port: u16 = demo_url.rsplit(':').next().unwrap().parse().unwrap();
+    let proxy = start_proxy(demo_port, "mem://", &[]);
+    let proxy_url = format!("http://127.0.0.1:{}", proxy.port);
+    let admin_url = format!("http://127.0.0.1:{}", proxy.admin);
     // Some traffic through the proxy, so its charts have something to say.
     for p in 1..20 {
         get(&format!("{proxy_url}/posts/{}", p % 5 + 1));
@@ -171,7 +161,7 @@ fn the_dashboard_renders_and_updates_in_a_real_browser() {
 
     let wd = WebDriver::start();
     check_dashboard(&wd, &format!("{demo_url}/_larder"), true);
-    check_dashboard(&wd, &format!("{proxy_url}/_larder"), false);
+    check_dashboard(&wd, &format!("{admin_url}/_larder"), false);
     // A demo page through the browser, with its form.
     wd.goto(&format!("{demo_url}/posts/3"));
     let title = wd.eval("return document.querySelector('h1').textContent;");

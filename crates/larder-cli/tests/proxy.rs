@@ -1,69 +1,47 @@
 //! `larder proxy` in front of a real upstream (an axum server in this
 //! test), spoken to over plain TCP as a browser would.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use axum::routing;
 use axum::Router;
+use common::{header, raw, start_proxy};
 
-struct Proxy(Child);
-
-impl Drop for Proxy {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// One HTTP/1.1 exchange; returns (status, headers lowercased, body).
-fn http(port: u16, raw: &str) -> (u16, Vec<(String, String)>, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(raw.as_bytes()).unwrap();
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).unwrap();
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    (status, headers, body.to_owned())
-}
-
-fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
-    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+fn req(port: u16, text: &str) -> (u16, Vec<(String, String)>, String) {
+    raw(port, text.as_bytes(), Duration::from_secs(10))
 }
 
 fn get(port: u16, path: &str) -> (u16, Vec<(String, String)>, String) {
-    http(
+    req(
         port,
         &format!("GET {path} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n"),
     )
 }
 
+fn post(port: u16, path: &str) -> (u16, Vec<(String, String)>, String) {
+    req(
+        port,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        ),
+    )
+}
+
+async fn serve(upstream: Router) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    port
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_proxy_caches_forwards_unchanged_and_serves_its_own_paths() {
+async fn the_proxy_caches_forwards_unchanged_and_serves_its_own_paths_apart() {
     let calls = Arc::new(AtomicU32::new(0));
     let c = calls.clone();
     let upstream = Router::new()
@@ -83,40 +61,28 @@ async fn the_proxy_caches_forwards_unchanged_and_serves_its_own_paths() {
                     .and_then(|v| v.to_str().ok())
                     .unwrap_or("")
                     .to_owned();
-                format!("got {body:?} custom={custom} dropped-header-seen={dropped}")
+                let xff = headers
+                    .get("x-forwarded-for")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                let proto = headers
+                    .get("x-forwarded-proto")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_owned();
+                format!(
+                    "got {body:?} custom={custom} dropped-header-seen={dropped} xff={xff} proto={proto}"
+                )
             }),
         )
         .route(
             "/_larder/secret",
             routing::get(|| async { "forwarded: wrong" }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up_port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
-
-    let port = free_port();
-    let _proxy = Proxy(
-        Command::new(env!("CARGO_BIN_EXE_larder"))
-            .args([
-                "proxy",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--upstream",
-                &format!("http://127.0.0.1:{up_port}"),
-                "--cache",
-                "mem://",
-            ])
-            .env_remove("LARDER_CACHE_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let until = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "the proxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let up_port = serve(upstream).await;
+    let proxy = start_proxy(up_port, "mem://", &[]);
+    let (port, admin) = (proxy.port, proxy.admin);
 
     tokio::task::spawn_blocking(move || {
         let (s, h, b) = get(port, "/page");
@@ -124,34 +90,51 @@ async fn the_proxy_caches_forwards_unchanged_and_serves_its_own_paths() {
         assert_eq!(header(&h, "x-larder-cache"), Some("MISS"));
         let (_, h, b) = get(port, "/page");
         assert_eq!((header(&h, "x-larder-cache"), b.as_str()), (Some("HIT"), "page 1"));
+        assert_eq!(header(&h, "via"), Some("1.1 larder"));
 
-        // Method, body and end-to-end headers go through; hop-by-hop do not.
-        let (s, _, b) = http(
+        // Method, body and end-to-end headers go through; hop-by-hop do not;
+        // X-Forwarded-For gets the client's address appended, and
+        // X-Forwarded-Proto says what the client really used.
+        let (s, _, b) = req(
             port,
-            "POST /page HTTP/1.1\r\nHost: site.test\r\nConnection: close, x-drop-me\r\nx-drop-me: 1\r\nx-custom: kept\r\nContent-Length: 5\r\n\r\nhello",
+            "POST /page HTTP/1.1\r\nHost: site.test\r\nConnection: close, x-drop-me\r\nx-drop-me: 1\r\nx-custom: kept\r\nX-Forwarded-For: 203.0.113.9\r\nX-Forwarded-Proto: https\r\nContent-Length: 5\r\n\r\nhello",
         );
         assert_eq!(s, 200);
-        assert_eq!(b, "got \"hello\" custom=kept dropped-header-seen=false");
+        assert_eq!(
+            b,
+            "got \"hello\" custom=kept dropped-header-seen=false xff=203.0.113.9, 127.0.0.1 proto=http"
+        );
         // ... and the POST invalidated the page.
         let (_, h, b) = get(port, "/page");
         assert_eq!((header(&h, "x-larder-cache"), b.as_str()), (Some("MISS"), "page 2"));
 
-        // Own paths are answered by the proxy, never forwarded.
-        let (s, h, b) = get(port, "/_larder/status");
+        // Own paths are on the admin listener only, never forwarded.
+        for path in ["/_larder/status", "/_larder/metrics", "/_larder", "/_larder/secret"] {
+            let (s, _, b) = get(port, path);
+            assert_eq!(s, 404, "{path} on the traffic port: {b}");
+        }
+        let (s, _, _) = post(port, "/_larder/purge?url=/page&host=site.test");
+        assert_eq!(s, 404, "no purge on the traffic port");
+        let (s, h, b) = get(admin, "/_larder/status");
         assert_eq!(s, 200);
         assert_eq!(header(&h, "content-type"), Some("application/json"));
         assert!(b.contains("\"hits\": 1"), "{b}");
-        let (_, _, b) = get(port, "/_larder/metrics");
+        let (_, _, b) = get(admin, "/_larder/metrics");
         assert!(b.contains("larder_proxy_requests_total{cache=\"hit\"} 1"), "{b}");
-        let (s, _, _) = get(port, "/_larder/secret");
-        assert_eq!(s, 404);
-        // Purge by URL.
-        let (s, _, _) = http(port, "POST /_larder/purge?url=/page&host=site.test HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        // Purge by URL says what it did.
+        let (s, _, b) = post(admin, "/_larder/purge?url=/page&host=site.test");
         assert_eq!(s, 200);
+        assert!(b.contains("\"matched\":true"), "{b}");
         let (_, h, b) = get(port, "/page");
         assert_eq!((header(&h, "x-larder-cache"), b.as_str()), (Some("MISS"), "page 3"));
-        let (s, _, _) = http(port, "POST /_larder/purge HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
-        assert_eq!(s, 400, "a purge without tag or url is refused");
+        let (s, _, b) = post(admin, "/_larder/purge?url=http://site.test/page");
+        assert!(s == 200 && b.contains("\"matched\":true"), "an absolute url names its host: {b}");
+        let (s, _, b) = post(admin, "/_larder/purge?url=/page&host=site.test");
+        assert!(s == 200 && b.contains("\"matched\":false"), "{b}");
+        for bad in ["", "?url=/page", "?tag=", "?tag=a&url=/p&host=h", "?what=1"] {
+            let (s, _, b) = post(admin, &format!("/_larder/purge{bad}"));
+            assert_eq!(s, 400, "{bad}: {b}");
+        }
     })
     .await
     .unwrap();
@@ -168,30 +151,23 @@ fn a_bad_upstream_is_a_usage_error() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("must be http://host:port"));
 }
 
-fn start_proxy(port: u16, upstream: u16, cache: &str) -> Proxy {
-    let p = Proxy(
-        Command::new(env!("CARGO_BIN_EXE_larder"))
-            .args([
-                "proxy",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--upstream",
-                &format!("http://127.0.0.1:{upstream}"),
-                "--cache",
-                cache,
-            ])
-            .env_remove("LARDER_CACHE_URL")
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let until = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < until, "the proxy did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    p
+#[test]
+fn an_admin_listener_off_loopback_needs_a_token() {
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["proxy", "--upstream", "http://127.0.0.1:1"])
+        .args(["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"])
+        .env_remove("LARDER_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("admin token"));
+    let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+        .args(["proxy", "--upstream", "http://127.0.0.1:1"])
+        .args(["--listen", "127.0.0.1:0", "--admin-on-traffic"])
+        .env_remove("LARDER_ADMIN_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
 }
 
 /// Two proxy processes share Redis: what one stores the other serves, and
@@ -216,30 +192,56 @@ async fn purge_by_tag_reaches_another_process_sharing_redis() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let up_port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move { axum::serve(listener, upstream).await.unwrap() });
+    let up_port = serve(upstream).await;
     let prefix = format!("proxytest{}", std::process::id());
     let cache = format!("redis://127.0.0.1:6379/0?key_prefix={prefix}");
-    let (pa, pb) = (free_port(), free_port());
-    let _a = start_proxy(pa, up_port, &cache);
-    let _b = start_proxy(pb, up_port, &cache);
+    let a = start_proxy(up_port, &cache, &[]);
+    let b = start_proxy(up_port, &cache, &[]);
+    let (pa, pb, admin_b) = (a.port, b.port, b.admin);
     tokio::task::spawn_blocking(move || {
-        let (_, h, b) = get(pa, "/post/42");
-        assert_eq!((header(&h, "x-larder-cache"), b.as_str()), (Some("MISS"), "post 42, render 1"));
+        let (_, h, body) = get(pa, "/post/42");
+        assert_eq!(
+            (header(&h, "x-larder-cache"), body.as_str()),
+            (Some("MISS"), "post 42, render 1")
+        );
         assert_eq!(header(&h, "cache-tag"), None, "tags are stripped");
-        let (_, h, b) = get(pb, "/post/42");
-        assert_eq!((header(&h, "x-larder-cache"), b.as_str()), (Some("HIT"), "post 42, render 1"));
-        let (s, _, _) = http(pb, "POST /_larder/purge?tag=author:7 HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+        let (_, h, body) = get(pb, "/post/42");
+        assert_eq!(
+            (header(&h, "x-larder-cache"), body.as_str()),
+            (Some("HIT"), "post 42, render 1")
+        );
+        let (s, _, body) = post(admin_b, "/_larder/purge?tag=author:7");
         assert_eq!(s, 200);
+        assert!(body.contains("\"matched\":true"), "{body}");
         std::thread::sleep(Duration::from_millis(5));
-        let (_, h, b) = get(pa, "/post/42");
-        assert_eq!((header(&h, "x-larder-cache"), b.as_str()), (Some("MISS"), "post 42, render 2"));
+        let (_, h, body) = get(pa, "/post/42");
+        assert_eq!(
+            (header(&h, "x-larder-cache"), body.as_str()),
+            (Some("MISS"), "post 42, render 2")
+        );
         let (_, h, _) = get(pb, "/post/42");
         assert_eq!(header(&h, "x-larder-cache"), Some("HIT"));
+        let (s, _, body) = post(admin_b, "/_larder/purge?tag=never-used");
+        assert!(s == 200 && body.contains("\"matched\":false"), "{body}");
     })
     .await
     .unwrap();
+    // Purge records expire: none is kept forever.
+    let redis = redis::Client::open("redis://127.0.0.1:6379/0").unwrap();
+    let mut conn = redis.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    for k in &keys {
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(ttl > 0, "{k} has no expiry ({ttl})");
+    }
     let cleanup = larder::open(&cache).await.unwrap();
     cleanup.clear().await.unwrap();
 }

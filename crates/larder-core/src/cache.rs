@@ -81,6 +81,9 @@ pub(crate) struct Inner {
     /// rest). A shared slot only ever makes a store more cautious.
     pub(crate) gens: Box<[std::sync::atomic::AtomicU64]>,
     pub(crate) breaker: Breaker,
+    /// Degradations (fail-open reads, writes not done) of this cache,
+    /// logged once per outage and summarised while it lasts.
+    pub(crate) degraded: crate::FailureLog,
     pub(crate) deadline: Option<Duration>,
     pub(crate) fail_open: bool,
     pub(crate) backend: Arc<dyn Backend>,
@@ -377,6 +380,7 @@ impl CacheBuilder {
                     .map(|_| std::sync::atomic::AtomicU64::new(0))
                     .collect(),
                 breaker,
+                degraded: crate::FailureLog::new("cache"),
                 deadline,
                 fail_open: self.fail_open,
                 backend: self.backend,
@@ -637,7 +641,12 @@ impl Cache {
                 inner.counters.errors.increment(1);
                 inner.breaker.failure(admit, &inner.name, e);
             }
-            _ => inner.breaker.success(admit, &inner.name),
+            _ => {
+                inner.breaker.success(admit, &inner.name);
+                if result.is_ok() {
+                    inner.degraded.success();
+                }
+            }
         }
         result
     }
@@ -655,15 +664,15 @@ impl Cache {
         }
     }
 
-    /// Logs a degradation: at warn level while the breaker is closed, at
-    /// debug level once it is open (it logged the outage already), so a dead
-    /// server does not flood the logs.
+    /// Logs a degradation: at warn level when an outage starts, then a
+    /// summary every 10 s while it lasts and a line when it ends (the
+    /// detail of each at debug level), so a dead server behind a busy
+    /// service does not flood the logs.
     pub(crate) fn log_fail_open(&self, key: &str, e: &Error, what: &str) {
-        if matches!(e, Error::CircuitOpen { .. }) {
-            tracing::debug!(cache = %self.inner.name, key, error = %e, "{what}");
-        } else {
-            tracing::warn!(cache = %self.inner.name, key, error = %e, "{what}");
-        }
+        tracing::debug!(cache = %self.inner.name, key, error = %e, "{what}");
+        self.inner
+            .degraded
+            .failure(&format_args!("{}: {what}: {e}", self.inner.name));
     }
 
     /// Marks a write to `skey` (see `Inner::gens`).

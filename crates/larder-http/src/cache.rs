@@ -183,6 +183,7 @@ impl HttpCacheBuilder {
                 key_headers: self.key_headers,
                 flights: Mutex::new(HashMap::new()),
                 uncacheable: Mutex::new(HashMap::new()),
+                write_failures: larder_core::FailureLog::new("http cache write"),
                 counters: Counters {
                     hit: c("larder_http_hits_total"),
                     miss: c("larder_http_misses_total"),
@@ -311,6 +312,7 @@ struct Shared {
     flights: Mutex<HashMap<String, watch::Sender<Option<Flight>>>>,
     /// URL key → until when (unix ms) it is known uncacheable.
     uncacheable: Mutex<HashMap<String, u64>>,
+    write_failures: larder_core::FailureLog,
     counters: Counters,
 }
 
@@ -1095,9 +1097,13 @@ impl HttpCache {
             self.note_tags(&entry.tags, Self::keep_for(entry)).await;
         }
         match r {
-            Ok(()) => self.shared.counters.stored.increment(1),
+            Ok(()) => {
+                self.shared.counters.stored.increment(1);
+                self.shared.write_failures.success();
+            }
             Err(e) => {
-                tracing::warn!(error = %e, "http cache write failed; response served uncached")
+                tracing::debug!(error = %e, "http cache write failed; response served uncached");
+                self.shared.write_failures.failure(&e);
             }
         }
     }

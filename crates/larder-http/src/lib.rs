@@ -42,6 +42,7 @@
 //! [`Cache`]: larder_core::Cache
 #![warn(missing_docs)]
 
+pub mod admin;
 mod body;
 mod cache;
 mod entry;
@@ -50,6 +51,7 @@ mod key;
 mod layer;
 pub mod policy;
 
+pub use admin::AdminService;
 pub use body::{BoxError, CacheBody};
 pub use cache::{
     HttpCache, HttpCacheBuilder, HttpCacheStats, DEFAULT_MAX_BODY, DEFAULT_MERGE_TIMEOUT,

@@ -174,3 +174,96 @@ pub fn start_demo(dir: &std::path::Path, extra: &[&str]) -> (Running, String) {
     std::thread::spawn(move || for _ in lines {});
     (running, url)
 }
+
+/// A running `larder proxy`: its traffic and admin ports.
+pub struct ProxyProcess {
+    pub child: Running,
+    pub port: u16,
+    pub admin: u16,
+}
+
+/// Starts `larder proxy` in front of `upstream` (a port on 127.0.0.1) with
+/// the cache `cache`, an admin listener on a free loopback port, and
+/// `extra` flags; waits until both listeners accept.
+pub fn start_proxy(upstream: u16, cache: &str, extra: &[&str]) -> ProxyProcess {
+    start_proxy_with(
+        Command::new(env!("CARGO_BIN_EXE_larder")),
+        upstream,
+        cache,
+        extra,
+    )
+}
+
+/// [`start_proxy`] with a prepared command (environment, a wrapper such
+/// as `prlimit`, …); the proxy's own arguments are appended to it.
+pub fn start_proxy_with(
+    mut cmd: Command,
+    upstream: u16,
+    cache: &str,
+    extra: &[&str],
+) -> ProxyProcess {
+    let (port, admin) = (free_port(), free_port());
+    let child = cmd
+        .args([
+            "proxy",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+            "--upstream",
+            &format!("http://127.0.0.1:{upstream}"),
+            "--cache",
+            cache,
+        ])
+        .args(extra)
+        .env_remove("LARDER_CACHE_URL")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn larder proxy");
+    let child = Running(child);
+    wait_until("the proxy", Duration::from_secs(30), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && TcpStream::connect(("127.0.0.1", admin)).is_ok()
+    });
+    ProxyProcess { child, port, admin }
+}
+
+/// Sends `raw` bytes as they are on a new connection and reads the reply
+/// until the server closes or `wait` passes with nothing more: (status,
+/// headers lowercased, body). Status 0: no response at all.
+pub fn raw(port: u16, raw: &[u8], wait: Duration) -> (u16, Vec<(String, String)>, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(wait)).unwrap();
+    let _ = s.write_all(raw);
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+    parse_reply(&buf)
+}
+
+/// Reads one response out of raw bytes (see [`raw`]).
+pub fn parse_reply(buf: &[u8]) -> (u16, Vec<(String, String)>, String) {
+    let text = String::from_utf8_lossy(buf).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    (status, headers, body.to_owned())
+}
+
+/// The value of header `name` in headers from [`raw`].
+pub fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}

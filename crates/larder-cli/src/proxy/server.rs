@@ -1,0 +1,426 @@
+//! Serving HTTP/1.1 connections from hostile clients: every connection has
+//! a deadline for whatever it is waiting for, the number of connections is
+//! bounded, and at the bound the oldest connection that is not in the
+//! middle of a request makes room (nginx's reusable connections) so idle
+//! or slow sockets cannot lock legitimate clients out.
+//!
+//! What a connection waits for, and its deadline:
+//! - the first byte of a request, after accept or after the previous
+//!   response: `idle_timeout` (the first request: `header_timeout`);
+//! - the rest of the request head, from its first byte: `header_timeout`;
+//! - the client reading the response, while a write is blocked:
+//!   `send_timeout`.
+//!
+//! The service sees each request with the client's address in its
+//! extensions (`ConnectInfo<SocketAddr>`, as axum's own server does).
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Frame;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tower::Service;
+
+/// Connection limits; see the module docs for what each bounds.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub send_timeout: Duration,
+    /// Largest request head (request line and headers), bytes; larger: 431.
+    pub max_header_bytes: usize,
+    /// Open client connections at most (further capped by the file
+    /// descriptor limit, see [`effective_max_connections`]).
+    pub max_connections: usize,
+}
+
+/// Raises the soft open-files limit to the hard one (as nginx's
+/// `worker_rlimit_nofile` and Go's runtime do) and returns the number of
+/// client connections that fit: half of what is left after a reserve, the
+/// other half for upstream and cache connections.
+pub fn effective_max_connections(wanted: usize) -> usize {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct passed.
+    let nofile = unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return wanted;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    };
+    let nofile = usize::try_from(nofile).unwrap_or(usize::MAX);
+    let fit = nofile.saturating_sub(64) / 2;
+    wanted.min(fit).max(1)
+}
+
+fn now_ms(origin: Instant) -> u64 {
+    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// What one connection is doing, shared by its I/O, its requests and the
+/// watchdog.
+struct ConnState {
+    origin: Instant,
+    /// Requests whose response is not fully written yet.
+    busy: AtomicU32,
+    /// When the connection last became idle (accept, or a response done).
+    idle_since: AtomicU64,
+    /// When the first byte of the next request head arrived (0: none yet).
+    head_since: AtomicU64,
+    /// When a write to the client started to block (0: not blocked).
+    blocked_since: AtomicU64,
+    served_any: AtomicBool,
+    shed: Notify,
+}
+
+impl ConnState {
+    fn new(origin: Instant) -> Self {
+        ConnState {
+            origin,
+            busy: AtomicU32::new(0),
+            idle_since: AtomicU64::new(now_ms(origin)),
+            head_since: AtomicU64::new(0),
+            blocked_since: AtomicU64::new(0),
+            served_any: AtomicBool::new(false),
+            shed: Notify::new(),
+        }
+    }
+
+    fn now(&self) -> u64 {
+        now_ms(self.origin).max(1)
+    }
+
+    fn is_idle(&self) -> bool {
+        self.busy.load(Ordering::Acquire) == 0
+    }
+
+    /// Why the connection should be closed now, if it should.
+    fn expired(&self, limits: &Limits) -> Option<&'static str> {
+        let now = self.now();
+        let over = |since: u64, limit: Duration| {
+            since != 0 && now.saturating_sub(since) > limit.as_millis() as u64
+        };
+        if !self.is_idle() {
+            let blocked = self.blocked_since.load(Ordering::Acquire);
+            return over(blocked, limits.send_timeout).then_some("client not reading the response");
+        }
+        let head = self.head_since.load(Ordering::Acquire);
+        if head != 0 {
+            return over(head, limits.header_timeout).then_some("request head too slow");
+        }
+        let idle = if self.served_any.load(Ordering::Acquire) {
+            limits.idle_timeout
+        } else {
+            limits.header_timeout
+        };
+        over(self.idle_since.load(Ordering::Acquire), idle).then_some("idle")
+    }
+
+    fn begin(self: &Arc<Self>) -> Busy {
+        self.busy.fetch_add(1, Ordering::AcqRel);
+        self.head_since.store(0, Ordering::Release);
+        Busy(self.clone())
+    }
+}
+
+/// Held by a response body until it is written (or dropped).
+struct Busy(Arc<ConnState>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let s = &self.0;
+        s.served_any.store(true, Ordering::Release);
+        s.idle_since.store(s.now(), Ordering::Release);
+        s.busy.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its connection counted as busy.
+struct TrackedBody {
+    inner: Body,
+    _busy: Busy,
+}
+
+impl http_body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The socket, noting when request bytes arrive and when writes block.
+struct Watched {
+    io: TcpStream,
+    state: Arc<ConnState>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.io).poll_read(cx, buf);
+        if buf.filled().len() > before && self.state.is_idle() {
+            let now = self.state.now();
+            let _ =
+                self.state
+                    .head_since
+                    .compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire);
+        }
+        r
+    }
+}
+
+impl Watched {
+    fn note_write<T>(&self, r: &Poll<io::Result<T>>) {
+        match r {
+            Poll::Pending => {
+                let now = self.state.now();
+                let _ = self.state.blocked_since.compare_exchange(
+                    0,
+                    now,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
+            }
+            Poll::Ready(_) => self.state.blocked_since.store(0, Ordering::Release),
+        }
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note_write(&r);
+        r
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note_write(&r);
+        r
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.note_write(&r);
+        r
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// The open connections, oldest first.
+#[derive(Default)]
+struct Registry {
+    conns: Mutex<BTreeMap<u64, Arc<ConnState>>>,
+}
+
+impl Registry {
+    /// Makes room for one more connection: `false` when every connection
+    /// is busy with a request.
+    fn make_room(&self, max: usize) -> bool {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if conns.len() < max {
+            return true;
+        }
+        // Shedding is asynchronous: ask enough that the count will fit.
+        match conns.values().find(|c| c.is_idle()) {
+            Some(c) => {
+                c.shed.notify_one();
+                metrics::counter!("larder_proxy_connections_shed_total").increment(1);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+/// Counts of what the server did, for the status page.
+#[derive(Default, Debug)]
+pub struct ServerStats {
+    pub open: AtomicU64,
+    pub refused: AtomicU64,
+    pub timed_out: AtomicU64,
+}
+
+/// Accepts connections on `listener` and serves each with `service` until
+/// `shutdown` completes; then lets open connections finish for up to 5 s.
+pub async fn serve<S>(
+    listener: TcpListener,
+    limits: Limits,
+    service: S,
+    stats: Arc<ServerStats>,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let registry = Arc::new(Registry::default());
+    let origin = Instant::now();
+    let accept_failures = larder::FailureLog::new("proxy accept");
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        // A backstop: the watchdog below closes such connections first.
+        .header_read_timeout(limits.header_timeout + limits.idle_timeout)
+        .max_buf_size(limits.max_header_bytes.max(16 * 1024))
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(128);
+    let mut next_id = 0u64;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => { accept_failures.success(); x }
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait for some to close.
+                    accept_failures.failure(&e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        if !registry.make_room(limits.max_connections) {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            tokio::spawn(refuse(stream));
+            continue;
+        }
+        next_id += 1;
+        let id = next_id;
+        let state = Arc::new(ConnState::new(origin));
+        registry
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, state.clone());
+        stats.open.fetch_add(1, Ordering::Relaxed);
+        let svc = service.clone();
+        let conn_state = state.clone();
+        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            let busy = conn_state.begin();
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let mut svc = svc.clone();
+            async move {
+                let res = match svc.call(req).await {
+                    Ok(r) => r,
+                    Err(never) => match never {},
+                };
+                Ok::<_, Infallible>(res.map(|inner| TrackedBody { inner, _busy: busy }))
+            }
+        });
+        let io = TokioIo::new(Watched {
+            io: stream,
+            state: state.clone(),
+        });
+        let conn = builder.serve_connection(io, hyper_svc);
+        let registry = registry.clone();
+        let stats = stats.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            let mut tick = tokio::time::interval(Duration::from_millis(500));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let mut stopping = false;
+            loop {
+                tokio::select! {
+                    _ = conn.as_mut() => break,
+                    _ = state.shed.notified() => {
+                        if state.is_idle() { break }
+                    }
+                    _ = tick.tick() => {
+                        if let Some(why) = state.expired(&limits) {
+                            tracing::debug!(%peer, why, "closing connection");
+                            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                    _ = stop.changed(), if !stopping => {
+                        stopping = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+            registry
+                .conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    let _ = stop_tx.send(true);
+    let until = Instant::now() + Duration::from_secs(5);
+    while !registry
+        .conns
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .is_empty()
+        && Instant::now() < until
+    {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every connection is busy with a request: say so and close.
+async fn refuse(mut stream: TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
+content-length: 36\r\nretry-after: 1\r\nconnection: close\r\n\r\nlarder proxy: too many connections\r\n";
+    let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+}
