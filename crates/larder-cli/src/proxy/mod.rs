@@ -28,10 +28,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
 use axum::Router;
 use clap::Args;
+use futures_util::FutureExt;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Uri};
 use larder_http::{CacheService, HttpCache};
-use tower::{Layer, ServiceExt};
+use tower::Layer;
 
 use crate::CliError;
 use server::{Limits, ServerStats};
@@ -284,7 +285,7 @@ async fn serve(
             .route("/_larder/{*rest}", any(not_found))
     };
     let traffic = own_paths
-        .fallback(move |req: Request| edge.clone().handle(req))
+        .fallback_service(edge)
         .layer(axum::middleware::from_fn_with_state(
             telemetry,
             crate::telemetry::measure,
@@ -350,42 +351,94 @@ struct Edge {
     max_request_body: Option<u64>,
 }
 
+type CachedFuture = larder_http::ResponseFuture<Body, std::convert::Infallible>;
+type EdgeFuture = futures_util::future::Either<
+    std::future::Ready<Result<Response, std::convert::Infallible>>,
+    futures_util::future::Map<
+        CachedFuture,
+        fn(
+            <CachedFuture as std::future::Future>::Output,
+        ) -> Result<Response, std::convert::Infallible>,
+    >,
+>;
+
+fn into_axum(
+    r: Result<http::Response<larder_http::CacheBody<Body>>, std::convert::Infallible>,
+) -> Result<Response, std::convert::Infallible> {
+    match r {
+        Ok(res) => Ok(res.map(Body::new)),
+        Err(never) => match never {},
+    }
+}
+
+/// A tower service rather than an axum handler, and its checks done in
+/// `call`: no clone of the stack, no extra boxed future per request.
+impl tower::Service<Request> for Edge {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = EdgeFuture;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        tower::Service::poll_ready(&mut self.cached, cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        use futures_util::future::Either;
+        match self.check(req) {
+            Err(refused) => Either::Left(std::future::ready(Ok(refused))),
+            Ok(req) => Either::Right(
+                tower::Service::call(&mut self.cached, req).map(into_axum as fn(_) -> _),
+            ),
+        }
+    }
+}
+
 impl Edge {
-    async fn handle(self, req: Request) -> Response {
+    /// Refuses what must not reach the cache or the upstream; wraps a
+    /// request body so its failures are the client's.
+    #[allow(clippy::result_large_err)]
+    fn check(&self, req: Request) -> Result<Request, Response> {
         if req.method() == Method::CONNECT {
             let mut r = error_response(StatusCode::METHOD_NOT_ALLOWED, "CONNECT is not proxied");
             r.headers_mut().insert(
                 header::ALLOW,
                 HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
             );
-            return r;
+            return Err(r);
         }
         if let Err(e) = larder_http::request_host(req.version(), req.uri(), req.headers()) {
-            return error_response(StatusCode::BAD_REQUEST, &e.to_string());
+            return Err(error_response(StatusCode::BAD_REQUEST, &e.to_string()));
         }
         // Framing needs no check here: hyper refuses two different
         // Content-Lengths and codings other than chunked-last, and frames a
         // request that has both Transfer-Encoding and Content-Length by
         // the former alone, closing the connection after it (RFC 9112 §6.1).
-        let h = req.headers();
-        let declared = h
+        let declared = req
+            .headers()
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|s| s.parse::<u64>().ok());
         if let (Some(limit), Some(n)) = (self.max_request_body, declared) {
             if n > limit {
-                return error_response(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                return Err(error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "request body too large",
+                ));
             }
+        }
+        // Most requests have no body: nothing to watch (and no allocation
+        // on the hit path).
+        if http_body::Body::is_end_stream(req.body()) {
+            return Ok(req);
         }
         let body_state = ClientBodyState::default();
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(body_state.clone());
         let body = Body::new(ClientBody::new(body, self.max_request_body, body_state));
-        let req = http::Request::from_parts(parts, body);
-        match self.cached.oneshot(req).await {
-            Ok(res) => res.map(Body::new),
-            Err(never) => match never {},
-        }
+        Ok(http::Request::from_parts(parts, body))
     }
 }
 

@@ -11,8 +11,9 @@
 //! - the client reading the response, while a write is blocked:
 //!   `send_timeout`.
 //!
-//! The service sees each request with the client's address in its
-//! extensions (`ConnectInfo<SocketAddr>`, as axum's own server does).
+//! The service runs with the client's address in the task-local
+//! [`CLIENT_ADDR`] (no allocation per request, unlike request extensions);
+//! work it spawns elsewhere does not see it.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -25,16 +26,20 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::Frame;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tower::Service;
+
+tokio::task_local! {
+    /// The address of the client whose request is being served.
+    pub static CLIENT_ADDR: std::net::SocketAddr;
+}
 
 /// Connection limits; see the module docs for what each bounds.
 #[derive(Debug, Clone, Copy)]
@@ -79,8 +84,13 @@ pub fn effective_max_connections(wanted: usize) -> usize {
     wanted.min(fit).max(1)
 }
 
+/// Milliseconds since `origin`, never 0: 0 means "not set" in
+/// [`ConnState`], and a connection accepted in the server's first
+/// millisecond must still expire.
 fn now_ms(origin: Instant) -> u64 {
-    u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    u64::try_from(origin.elapsed().as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1)
 }
 
 /// What one connection is doing, shared by its I/O, its requests and the
@@ -96,6 +106,8 @@ struct ConnState {
     /// When a write to the client started to block (0: not blocked).
     blocked_since: AtomicU64,
     served_any: AtomicBool,
+    /// Asked to close to make room (so it is not asked twice).
+    shedding: AtomicBool,
     shed: Notify,
 }
 
@@ -108,12 +120,13 @@ impl ConnState {
             head_since: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
             served_any: AtomicBool::new(false),
+            shedding: AtomicBool::new(false),
             shed: Notify::new(),
         }
     }
 
     fn now(&self) -> u64 {
-        now_ms(self.origin).max(1)
+        now_ms(self.origin)
     }
 
     fn is_idle(&self) -> bool {
@@ -274,8 +287,12 @@ impl Registry {
             return true;
         }
         // Shedding is asynchronous: ask enough that the count will fit.
-        match conns.values().find(|c| c.is_idle()) {
+        let candidate = conns
+            .values()
+            .find(|c| c.is_idle() && !c.shedding.load(Ordering::Acquire));
+        match candidate {
             Some(c) => {
+                c.shedding.store(true, Ordering::Release);
                 c.shed.notify_one();
                 metrics::counter!("larder_proxy_connections_shed_total").increment(1);
                 true
@@ -312,14 +329,14 @@ pub async fn serve<S>(
     let origin = Instant::now();
     let accept_failures = larder::FailureLog::new("proxy accept");
     let (stop_tx, stop_rx) = watch::channel(false);
+    // No hyper timer: the watchdog below bounds every wait, and hyper's
+    // header timer is re-armed for every request head. No `max_headers`
+    // either: hyper's default (100) parses into an inline array, a
+    // configured count into a heap allocation per request (1.8% of a hit).
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
-        .timer(TokioTimer::new())
-        // A backstop: the watchdog below closes such connections first.
-        .header_read_timeout(limits.header_timeout + limits.idle_timeout)
         .max_buf_size(limits.max_header_bytes.max(16 * 1024))
-        .max_header_size(limits.max_header_bytes)
-        .max_headers(128);
+        .max_header_size(limits.max_header_bytes);
     let mut next_id = 0u64;
     tokio::pin!(shutdown);
     loop {
@@ -352,17 +369,16 @@ pub async fn serve<S>(
         stats.open.fetch_add(1, Ordering::Relaxed);
         let svc = service.clone();
         let conn_state = state.clone();
-        let hyper_svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let hyper_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let busy = conn_state.begin();
-            req.extensions_mut().insert(ConnectInfo(peer));
             let mut svc = svc.clone();
-            async move {
+            CLIENT_ADDR.scope(peer, async move {
                 let res = match svc.call(req).await {
                     Ok(r) => r,
                     Err(never) => match never {},
                 };
                 Ok::<_, Infallible>(res.map(|inner| TrackedBody { inner, _busy: busy }))
-            }
+            })
         });
         let io = TokioIo::new(Watched {
             io: stream,
@@ -382,6 +398,8 @@ pub async fn serve<S>(
                     _ = conn.as_mut() => break,
                     _ = state.shed.notified() => {
                         if state.is_idle() { break }
+                        // Busy after all: it finishes; others are asked next.
+                        state.shedding.store(false, Ordering::Release);
                     }
                     _ = tick.tick() => {
                         if let Some(why) = state.expired(&limits) {
@@ -423,4 +441,48 @@ async fn refuse(mut stream: TcpStream) {
     const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\n\
 content-length: 36\r\nretry-after: 1\r\nconnection: close\r\n\r\nlarder proxy: too many connections\r\n";
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(BUSY)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(ms: u64) -> Limits {
+        let d = Duration::from_millis(ms);
+        Limits {
+            header_timeout: d,
+            idle_timeout: d,
+            send_timeout: d,
+            max_header_bytes: 32 * 1024,
+            max_connections: 8,
+        }
+    }
+
+    #[test]
+    fn a_connection_accepted_at_once_still_expires() {
+        // Accepted in the server's first millisecond.
+        let state = Arc::new(ConnState::new(Instant::now()));
+        assert_eq!(state.expired(&limits(1_000)), None);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(state.expired(&limits(5)), Some("idle"));
+    }
+
+    #[test]
+    fn a_busy_connection_expires_only_when_its_client_stops_reading() {
+        let state = Arc::new(ConnState::new(Instant::now()));
+        let busy = state.begin();
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(state.expired(&limits(5)), None, "a request in progress");
+        state.blocked_since.store(state.now(), Ordering::Release);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(
+            state.expired(&limits(5)),
+            Some("client not reading the response")
+        );
+        drop(busy);
+        state.blocked_since.store(0, Ordering::Release);
+        state.head_since.store(state.now(), Ordering::Release);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(state.expired(&limits(5)), Some("request head too slow"));
+    }
 }

@@ -6,7 +6,6 @@
 
 use std::convert::Infallible;
 use std::future::Future as _;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -14,7 +13,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::ConnectInfo;
 use axum::response::Response;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -225,10 +223,7 @@ impl Upstream {
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
-        let peer = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|c| c.0.ip());
+        let peer = super::server::CLIENT_ADDR.try_with(|a| a.ip()).ok();
         let h = req.headers_mut();
         strip_hop_by_hop(h);
         // X-Forwarded-For: the chain so far (untrusted, kept as sent) and
@@ -288,8 +283,9 @@ impl Service<Request<Body>> for Upstream {
             match (result, client_fault) {
                 (Ok(Ok(mut res)), _) => {
                     this.failures.success();
+                    // No Via on responses (nginx adds none either): it would
+                    // be stored with every entry and decoded on every hit.
                     strip_hop_by_hop(res.headers_mut());
-                    append_via(res.headers_mut());
                     let gap = this.timeouts.body_gap;
                     Ok(res.map(|b| {
                         Body::new(GapTimeout {
