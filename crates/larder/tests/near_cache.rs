@@ -76,8 +76,13 @@ impl Setup {
         .await
         .unwrap();
         let near = Arc::new(near);
+        // These tests are about invalidations reaching the other process;
+        // a prefix clear publishes through PostgreSQL, which beside the
+        // rest of the suite on two cores can take longer than the 100 ms
+        // default deadline.
         let cache = Cache::builder_arc(near.clone())
             .key_prefix(self.prefix.clone())
+            .deadline(Some(Duration::from_secs(5)))
             .build()
             .unwrap();
         (cache, near)
