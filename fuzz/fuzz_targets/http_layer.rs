@@ -6,6 +6,15 @@
 //!
 //!   cargo +nightly fuzz run http_layer
 //!
+//! Without nightly (what was run here: 1.6 M runs in 120 s, no finding):
+//!
+//!   RUSTC_BOOTSTRAP=1 RUSTFLAGS="--cfg fuzzing -Cpasses=sancov-module \
+//!     -Cllvm-args=-sanitizer-coverage-level=4 -Cllvm-args=-sanitizer-coverage-inline-8bit-counters \
+//!     -Cllvm-args=-sanitizer-coverage-pc-table -Cllvm-args=-sanitizer-coverage-trace-compares \
+//!     -Cdebug-assertions -Coverflow-checks" \
+//!     cargo build --release --target x86_64-unknown-linux-gnu --bin http_layer
+//!   target/x86_64-unknown-linux-gnu/release/http_layer CORPUS_DIR -max_total_time=120
+//!
 //! Invariants: nothing panics; a response served from the cache carries
 //! the body the origin produced for the same target.
 #![no_main]
