@@ -56,19 +56,6 @@ fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// Headers never stored nor forwarded from a stored response.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "age",
-];
-
 /// Configures an [`HttpCache`].
 #[must_use]
 pub struct HttpCacheBuilder {
@@ -1001,7 +988,10 @@ impl HttpCache {
         let mut stored: Vec<(String, ByteBuf)> = headers
             .iter()
             .filter(|(n, _)| {
-                !HOP_BY_HOP.contains(&n.as_str())
+                // Never stored: what describes one connection, and the
+                // Age and status this cache sets itself on the way out.
+                !crate::headers::HOP_BY_HOP.contains(&n.as_str())
+                    && *n != header::AGE
                     && n.as_str() != STATUS_HEADER
                     && *n != header::CONTENT_LENGTH
             })

@@ -4,6 +4,36 @@
 use http::header::{self, HeaderValue};
 use http::Response;
 
+/// Headers that describe one connection, not the message (RFC 9110
+/// §7.6.1): a proxy or cache never forwards nor stores them.
+pub const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Removes the [`HOP_BY_HOP`] headers and those named in `Connection`.
+pub fn strip_hop_by_hop(h: &mut http::HeaderMap) {
+    let named: Vec<http::HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        h.remove(n);
+    }
+    for n in HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
 /// `Cache-Control: max-age=0, no-cache, no-store, must-revalidate, private`
 /// (Django's `never_cache`): nothing stores it, anywhere.
 pub fn never_cache<B>(res: &mut Response<B>) {
@@ -54,6 +84,23 @@ pub fn vary_on_cookie<B>(res: &mut Response<B>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_named_in_connection_are_removed() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-kept"]);
+    }
 
     #[test]
     fn vary_is_merged_without_duplicates() {
