@@ -68,6 +68,7 @@ pub struct HttpCacheBuilder {
     uncacheable_for: Duration,
     merge_timeout: Duration,
     key_headers: Vec<String>,
+    refuse_ambiguous_host: bool,
 }
 
 impl HttpCacheBuilder {
@@ -141,6 +142,14 @@ impl HttpCacheBuilder {
         self.merge_timeout = d;
         self
     }
+    /// Answer `400 Bad Request` to requests whose host is ambiguous (an
+    /// HTTP/1.1 request without `Host`, two `Host` lines, an invalid one)
+    /// instead of passing them to the inner service uncached (the default,
+    /// for applications that decide themselves). `larder proxy` sets it.
+    pub fn refuse_ambiguous_host(mut self, on: bool) -> Self {
+        self.refuse_ambiguous_host = on;
+        self
+    }
     /// Request headers that are part of every cache key, as if every
     /// response named them in `Vary` (e.g. `X-Forwarded-Host`, or a header
     /// your application reads to choose a tenant or a language). A request
@@ -168,6 +177,7 @@ impl HttpCacheBuilder {
                 uncacheable_for: self.uncacheable_for,
                 merge_timeout: self.merge_timeout,
                 key_headers: self.key_headers,
+                refuse_ambiguous_host: self.refuse_ambiguous_host,
                 flights: Mutex::new(HashMap::new()),
                 uncacheable: Mutex::new(HashMap::new()),
                 write_failures: larder_core::FailureLog::new("http cache write"),
@@ -296,6 +306,7 @@ struct Shared {
     uncacheable_for: Duration,
     merge_timeout: Duration,
     key_headers: Vec<String>,
+    refuse_ambiguous_host: bool,
     flights: Mutex<HashMap<String, watch::Sender<Option<Flight>>>>,
     /// URL key → until when (unix ms) it is known uncacheable.
     uncacheable: Mutex<HashMap<String, u64>>,
@@ -367,6 +378,7 @@ impl HttpCache {
             uncacheable_for: DEFAULT_UNCACHEABLE_FOR,
             merge_timeout: DEFAULT_MERGE_TIMEOUT,
             key_headers: Vec::new(),
+            refuse_ambiguous_host: false,
         }
     }
 
@@ -533,10 +545,19 @@ impl HttpCache {
         let method = req.method().clone();
         let host = match key::request_host(req.version(), req.uri(), req.headers()) {
             Ok(host) => host,
+            Err(why) if self.shared.refuse_ambiguous_host => {
+                let mut r = Response::new(CacheBody::full(Bytes::from(format!("larder: {why}\n"))));
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
+                self.mark(&mut r, "BYPASS");
+                return Ok(r);
+            }
             Err(why) => {
                 // Which host the application acts on is not certain: never
-                // store or serve for such a request (`larder proxy` answers
-                // 400 before it gets here).
+                // store or serve for such a request.
                 tracing::debug!(%why, "http cache: ambiguous host; bypassing the cache");
                 self.shared.counters.bypass.increment(1);
                 let res = inner.oneshot(req).await?;
@@ -799,9 +820,8 @@ impl HttpCache {
         let (r, outcome) = self
             .store_response(pkey, &req_headers, res, over, requested_at)
             .await;
-        if let Outcome::Stored(_) = outcome {
-            self.forget_uncacheable(pkey);
-        }
+        // Nobody waits on it; the memory of uncacheable URLs still learns.
+        self.publish(pkey, outcome);
         Ok(r)
     }
 
@@ -1235,17 +1255,8 @@ impl HttpCache {
         ResB: Body<Data = Bytes> + Send + 'static,
         ResB::Error: Into<BoxError>,
     {
-        {
-            let mut flights = self
-                .shared
-                .flights
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if flights.contains_key(&pkey) {
-                return;
-            }
-            let (tx, _) = watch::channel(None);
-            flights.insert(pkey.clone(), tx);
+        if self.join_flight(&pkey).is_err() {
+            return; // a request for this URL is already under way
         }
         let mut background = Request::new(ReqB::default());
         *background.method_mut() = Method::GET;

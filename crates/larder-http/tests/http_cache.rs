@@ -46,6 +46,23 @@ fn app(
         .layer(http.layer())
 }
 
+/// `/slow`: 200 ms per origin request, fresh for 60 s, counting calls.
+fn slow_app(http: &HttpCache, calls: Arc<AtomicU32>, body: &'static str) -> Router {
+    Router::new()
+        .route(
+            "/slow",
+            get(move || {
+                let calls = calls.clone();
+                async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    ([("cache-control", "max-age=60")], body)
+                }
+            }),
+        )
+        .layer(http.layer())
+}
+
 async fn send(app: &Router, req: Request<Body>) -> (StatusCode, HeaderMap, String) {
     let res: Response = app.clone().oneshot(req).await.unwrap();
     let status = res.status();
@@ -257,20 +274,7 @@ async fn unsafe_methods_invalidate_their_url() {
 async fn concurrent_misses_make_one_origin_request() {
     let http = HttpCache::builder(store()).build();
     let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
-    let app = Router::new()
-        .route(
-            "/slow",
-            get(move || {
-                let c = c.clone();
-                async move {
-                    c.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    ([("cache-control", "max-age=60")], "slow page")
-                }
-            }),
-        )
-        .layer(http.layer());
+    let app = slow_app(&http, calls.clone(), "slow page");
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let app = app.clone();
@@ -473,20 +477,7 @@ async fn honoured_no_cache_requests_are_merged() {
         .honor_request_cache_control(true)
         .build();
     let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
-    let app = Router::new()
-        .route(
-            "/slow",
-            get(move || {
-                let c = c.clone();
-                async move {
-                    c.fetch_add(1, Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    ([("cache-control", "max-age=60")], "slow")
-                }
-            }),
-        )
-        .layer(http.layer());
+    let app = slow_app(&http, calls.clone(), "slow");
     send(&app, get_req("/slow")).await;
     let all = (0..10).map(|_| send(&app, with("/slow", "cache-control", "no-cache")));
     for (s, _, b) in futures_util::future::join_all(all).await {
@@ -594,6 +585,24 @@ async fn requests_with_no_or_two_hosts_bypass_the_cache() {
     let (_, h, _) = send(&app, none).await;
     assert_eq!(status(&h), "BYPASS");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn refuse_ambiguous_host_answers_400_without_calling_the_app() {
+    let http = HttpCache::builder(store())
+        .refuse_ambiguous_host(true)
+        .build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let app = host_echo(&http, calls.clone());
+    let two = Request::builder()
+        .uri("/x")
+        .header("host", "victim")
+        .header("host", "evil")
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, _) = send(&app, two).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
 }
 
 #[tokio::test]

@@ -255,6 +255,7 @@ async fn serve(
         .honor_request_cache_control(args.honor_client_cache_control)
         .uncacheable_for(Duration::from_secs(args.uncacheable_for))
         .key_headers(key_headers)
+        .refuse_ambiguous_host(true)
         // A waiting request never waits longer than the one it waits for
         // can take to get its head and one body gap.
         .merge_timeout(timeouts.connect + timeouts.response_head + timeouts.body_gap)
@@ -409,9 +410,7 @@ impl Edge {
             );
             return Err(r);
         }
-        if let Err(e) = larder_http::request_host(req.version(), req.uri(), req.headers()) {
-            return Err(error_response(StatusCode::BAD_REQUEST, &e.to_string()));
-        }
+        // Host is checked once, by the cache layer (refuse_ambiguous_host).
         // Framing needs no check here: hyper refuses two different
         // Content-Lengths and codings other than chunked-last, and frames a
         // request that has both Transfer-Encoding and Content-Length by
