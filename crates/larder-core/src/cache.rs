@@ -28,8 +28,6 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
 pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
 /// Default deadline of one call to a persistent store (file, SQL): 1 s.
 pub const DEFAULT_STORE_DEADLINE: Duration = Duration::from_secs(1);
-/// Number of invalidation generations kept per cache (see `Inner::gens`).
-const GENERATIONS: usize = 1024;
 /// Default limit on one encoded value: 128 MiB. A guard against accidents;
 /// raise it with [`CacheBuilder::max_value_bytes`].
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 128 << 20;
@@ -73,13 +71,9 @@ pub struct Cache {
 pub(crate) struct Inner {
     /// Computations in progress in this process, by storage key.
     pub(crate) flights: std::sync::Mutex<HashMap<String, Arc<Flight>>>,
-    /// Write generations, by hash of the storage key: every write through
-    /// this cache bumps its key's slot, and a computation stores its result
-    /// only if the slot did not move while it ran. This keeps an invalidation
-    /// racing with a computation from being overwritten by the stale result
-    /// on backends without leases (within this process; leases cover the
-    /// rest). A shared slot only ever makes a store more cautious.
-    pub(crate) gens: Box<[std::sync::atomic::AtomicU64]>,
+    /// Stale-set protection without leases: the backend's generations
+    /// when it shares them between caches, else this cache's own.
+    pub(crate) gens: Arc<crate::backend::WriteGenerations>,
     pub(crate) breaker: Breaker,
     /// Degradations (fail-open reads, writes not done) of this cache,
     /// logged once per outage and summarised while it lasts.
@@ -110,6 +104,9 @@ pub(crate) struct Counters {
     pub(crate) early_refresh: Counter,
     pub(crate) stale_sets_prevented: Counter,
     pub(crate) lease_waits: Counter,
+    /// Writes refused (too large, not encodable) or failed, after which
+    /// the old value was removed.
+    failed_writes: Counter,
 }
 
 /// One computation shared by concurrent `get_or_compute` callers.
@@ -185,7 +182,8 @@ impl Counters {
             stale_error: stale("stale_if_error"),
             early_refresh: metrics::counter!("larder_cache_early_refresh_total", "cache" => label.clone()),
             stale_sets_prevented: metrics::counter!("larder_cache_stale_sets_prevented_total", "cache" => label.clone()),
-            lease_waits: metrics::counter!("larder_cache_lease_waits_total", "cache" => label),
+            lease_waits: metrics::counter!("larder_cache_lease_waits_total", "cache" => label.clone()),
+            failed_writes: metrics::counter!("larder_cache_failed_writes_total", "cache" => label),
         }
     }
 }
@@ -376,9 +374,7 @@ impl CacheBuilder {
             head: keys.head(self.version),
             inner: Arc::new(Inner {
                 flights: std::sync::Mutex::new(HashMap::new()),
-                gens: (0..GENERATIONS)
-                    .map(|_| std::sync::atomic::AtomicU64::new(0))
-                    .collect(),
+                gens: self.backend.write_generations().unwrap_or_default(),
                 breaker,
                 degraded: crate::FailureLog::new("cache"),
                 deadline,
@@ -675,30 +671,17 @@ impl Cache {
             .failure(&format_args!("{}: {what}: {e}", self.inner.name));
     }
 
-    /// Marks a write to `skey` (see `Inner::gens`).
+    /// Marks a write to `skey` (see [`WriteGenerations`](crate::backend::WriteGenerations)).
     pub(crate) fn bump(&self, skey: &str) {
-        self.generation_slot(skey)
-            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        self.inner.gens.bump(skey);
     }
 
     pub(crate) fn generation(&self, skey: &str) -> u64 {
-        self.generation_slot(skey)
-            .load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    fn generation_slot(&self, skey: &str) -> &std::sync::atomic::AtomicU64 {
-        // FNV-1a: short keys, no allocation, good enough spread for 1024 slots.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in skey.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        &self.inner.gens[(h % GENERATIONS as u64) as usize]
+        self.inner.gens.get(skey)
     }
 
     fn bump_all(&self) {
-        for g in self.inner.gens.iter() {
-            g.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
-        }
+        self.inner.gens.bump_all();
     }
 
     /// What the circuit breaker does with calls now.
@@ -766,9 +749,58 @@ impl Cache {
                 Ok(())
             }
             Resolved::Store(exp) => {
-                let bytes = self.encode(value)?;
-                self.call(self.inner.backend.set(&skey, bytes, exp)).await
+                let bytes = match self.encode(value) {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        self.remove_superseded(&[&skey], &e).await;
+                        return Err(e);
+                    }
+                };
+                let r = self.call(self.inner.backend.set(&skey, bytes, exp)).await;
+                if let Err(e) = &r {
+                    self.remove_superseded(&[&skey], e).await;
+                }
+                r
             }
+        }
+    }
+
+    /// After a write that was refused or failed: removes the values it was
+    /// meant to replace, so a failed write never leaves a superseded value
+    /// readable (Django's memcached backend does the same). Best effort:
+    /// one call, bounded by the deadline, and outside the circuit breaker
+    /// so that a dead server is not counted twice for one call.
+    async fn remove_superseded(&self, skeys: &[&str], why: &Error) {
+        if skeys.is_empty() {
+            return;
+        }
+        self.inner
+            .counters
+            .failed_writes
+            .increment(skeys.len() as u64);
+        if matches!(why, Error::CircuitOpen { .. }) {
+            return;
+        }
+        let backend = &self.inner.backend;
+        let delete = async {
+            match skeys {
+                [one] => backend.delete(one).await.map(u64::from),
+                many => backend.delete_many(many).await,
+            }
+        };
+        let r = match self.inner.deadline {
+            None => delete.await,
+            Some(after) => {
+                tokio::time::timeout(after, delete)
+                    .await
+                    .unwrap_or(Err(Error::Timeout {
+                        backend: backend.name(),
+                        after,
+                    }))
+            }
+        };
+        if let Err(e) = r {
+            tracing::debug!(cache = %self.inner.name, keys = skeys.len(), error = %e, "could not remove the values a failed write was to replace");
         }
     }
 
@@ -798,6 +830,9 @@ impl Cache {
         &self,
         keys: &[K],
     ) -> Result<HashMap<String, T>> {
+        if keys.is_empty() {
+            return Ok(HashMap::new());
+        }
         let skeys = keys
             .iter()
             .map(|k| self.make_key(k.as_ref()))
@@ -831,6 +866,9 @@ impl Cache {
         K: AsRef<str>,
         V: Borrow<T>,
     {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
         let skeys = items
             .iter()
             .map(|(k, _)| self.make_key(k.as_ref()))
@@ -846,12 +884,28 @@ impl Cache {
             }
             Resolved::Store(exp) => {
                 let mut entries = Vec::with_capacity(items.len());
-                for (skey, (_, v)) in skeys.iter().zip(items) {
-                    entries.push((skey.as_str(), self.encode(v.borrow())?));
+                for ((_, v), skey) in items.iter().zip(&skeys) {
+                    match self.encode(v.borrow()) {
+                        Ok(bytes) => entries.push((skey.as_str(), bytes)),
+                        Err(e) => {
+                            // Nothing of the batch is written; the refused
+                            // key's old value must not stay readable.
+                            self.remove_superseded(&[skey], &e).await;
+                            return Err(e);
+                        }
+                    }
                 }
-                let failed = self
-                    .call(self.inner.backend.set_many(&entries, exp))
-                    .await?;
+                let failed = match self.call(self.inner.backend.set_many(&entries, exp)).await {
+                    Ok(failed) => failed,
+                    Err(e) => {
+                        let all: Vec<&str> = skeys.iter().map(String::as_str).collect();
+                        self.remove_superseded(&all, &e).await;
+                        return Err(e);
+                    }
+                };
+                let not_stored: Vec<&str> = failed.iter().map(String::as_str).collect();
+                let e = Error::backend(self.inner.backend.name(), "not stored");
+                self.remove_superseded(&not_stored, &e).await;
                 // Map storage keys back to the caller's keys.
                 Ok(items
                     .iter()
@@ -872,6 +926,9 @@ impl Cache {
 
     /// Removes several keys; returns how many were there.
     pub async fn delete_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<u64> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
         let skeys = keys
             .iter()
             .map(|k| self.make_key(k.as_ref()))

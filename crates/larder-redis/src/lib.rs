@@ -82,11 +82,9 @@ const FILL_SCRIPT: &str = r#"
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[2])
 local cur = redis.call('GET', KEYS[1])
-if ARGV[2] == '1' then
-  if cur ~= ARGV[3] then return 0 end
-elseif cur then
-  return 0
-end
+-- Gone while the lease held: it expired (delete drops the lease), so the
+-- refresh that outlived it is stored. Another entry: someone wrote.
+if cur and (ARGV[2] ~= '1' or cur ~= ARGV[3]) then return 0 end
 if ARGV[5] == '0' then
   redis.call('SET', KEYS[1], ARGV[4])
 else
@@ -567,6 +565,10 @@ impl Backend for RedisBackend {
     }
 
     async fn set_many(&self, entries: &[(&str, Bytes)], ttl: Expiry) -> Result<Vec<String>> {
+        if entries.is_empty() {
+            // An empty pipeline is an error on the server ("empty command").
+            return Ok(Vec::new());
+        }
         match &self.conn {
             Conn::Single(c) => {
                 let mut pipe = redis::pipe();
