@@ -71,6 +71,7 @@
 //! # Ok::<(), Error>(()) }).unwrap();
 //! ```
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -190,10 +191,18 @@ impl LeaseToken {
     pub fn seen(&self) -> Option<&Bytes> {
         self.seen.as_ref()
     }
-    /// Whether `current` (the live entry now, `None` when absent) is the entry
-    /// that was seen: if not, someone wrote or deleted it since.
+    /// Whether a fill may replace `current` (the live entry now, `None`
+    /// when absent): it is the entry that was seen, or the seen entry has
+    /// gone. Call it only while the lease is still held: every `delete`
+    /// breaks the lease, so an entry that is gone while the lease holds
+    /// merely expired (or was evicted), and the refresh that outlived it
+    /// must be stored. A different entry means someone wrote since: the
+    /// fill loses.
     pub fn still_seen(&self, current: Option<&[u8]>) -> bool {
-        self.seen.as_deref() == current
+        match current {
+            None => true,
+            Some(now) => self.seen.as_deref() == Some(now),
+        }
     }
 }
 
@@ -249,6 +258,76 @@ pub enum ClearScope<'a> {
     All,
     /// Only storage keys starting with this string (e.g. `"myapp:"`).
     Prefix(&'a str),
+}
+
+/// Write generations by hash of the storage key: stale-set protection for
+/// backends without leases.
+///
+/// Every write through a [`Cache`](crate::Cache) bumps its key's slot, and
+/// a computation stores its result only if the slot did not move while it
+/// ran, so an invalidation racing with a computation is not overwritten by
+/// the stale result. An in-process backend hands out its own
+/// ([`Backend::write_generations`]) so that *every* `Cache` built over it
+/// shares them; otherwise each `Cache` keeps one (covering its clones).
+/// Slots are shared by hash: a collision only ever makes a store more
+/// cautious.
+pub struct WriteGenerations {
+    slots: Box<[std::sync::atomic::AtomicU64]>,
+}
+
+impl std::fmt::Debug for WriteGenerations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteGenerations")
+            .field("slots", &self.slots.len())
+            .finish()
+    }
+}
+
+impl Default for WriteGenerations {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl WriteGenerations {
+    /// Slots kept: enough that unrelated keys rarely share one.
+    pub const SLOTS: usize = 1024;
+
+    /// A fresh set of generations, all zero.
+    pub fn new() -> Self {
+        WriteGenerations {
+            slots: (0..Self::SLOTS)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
+        }
+    }
+
+    fn slot(&self, skey: &str) -> &std::sync::atomic::AtomicU64 {
+        // FNV-1a: short keys, no allocation, good enough spread.
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in skey.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        &self.slots[(h % self.slots.len() as u64) as usize]
+    }
+
+    /// Marks a write to `skey`.
+    pub fn bump(&self, skey: &str) {
+        self.slot(skey)
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    /// The generation of `skey` now.
+    pub fn get(&self, skey: &str) -> u64 {
+        self.slot(skey).load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Marks a write to every key (a clear).
+    pub fn bump_all(&self) {
+        for g in self.slots.iter() {
+            g.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
 }
 
 /// A storage engine: opaque bytes in and out under storage keys.
@@ -389,6 +468,14 @@ pub trait Backend: Send + Sync + 'static {
             backend: self.name(),
             operation: "leases",
         })
+    }
+
+    /// The write generations every [`Cache`](crate::Cache) over this
+    /// backend shares, for backends without leases whose caches all live
+    /// in this process (the memory backend). `None` (the default): each
+    /// `Cache` keeps its own. See [`WriteGenerations`].
+    fn write_generations(&self) -> Option<Arc<WriteGenerations>> {
+        None
     }
 
     /// Releases connections and files. The backend may not be used afterwards.

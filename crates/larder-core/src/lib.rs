@@ -38,6 +38,7 @@ pub mod url;
 pub use async_trait::async_trait;
 pub use backend::{
     acquire_lease_by_add, lease_key, Backend, Capabilities, ClearScope, LeaseGrant, LeaseToken,
+    WriteGenerations,
 };
 pub use blocking::BlockingIo;
 pub use breaker::{BreakerConfig, BreakerState};

@@ -489,6 +489,10 @@ impl Backend for NearBackend {
         self.l2.lease_release(key, lease).await
     }
 
+    fn write_generations(&self) -> Option<Arc<crate::backend::WriteGenerations>> {
+        self.l2.write_generations()
+    }
+
     async fn close(&self) -> Result<()> {
         self.l2.close().await
     }

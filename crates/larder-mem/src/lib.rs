@@ -26,11 +26,14 @@
 //! ```
 #![warn(missing_docs)]
 
+use std::sync::Arc;
+
 use coarsetime::Instant;
 
 use larder_core::envelope::parse_integer;
 use larder_core::{
     async_trait, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry, Result,
+    WriteGenerations,
 };
 use quick_cache::sync::{Cache as QuickCache, EntryAction, EntryResult};
 use quick_cache::Weighter;
@@ -121,6 +124,9 @@ pub struct MemBackend {
     map: QuickCache<String, Entry, MemWeighter>,
     bound: MemBound,
     clock: Clock,
+    /// Shared by every `Cache` over this backend: stale-set protection
+    /// covers them all, not only one `Cache` and its clones.
+    generations: Arc<WriteGenerations>,
 }
 
 impl std::fmt::Debug for MemBackend {
@@ -156,6 +162,7 @@ impl MemBackend {
             map,
             bound,
             clock: Clock::new(),
+            generations: Arc::default(),
         }
     }
 
@@ -248,6 +255,10 @@ impl Backend for MemBackend {
 
     fn get_immediate(&self, key: &str) -> Option<Result<Option<Bytes>>> {
         Some(Ok(self.live(key).map(|e| e.value)))
+    }
+
+    fn write_generations(&self) -> Option<Arc<WriteGenerations>> {
+        Some(self.generations.clone())
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {

@@ -989,7 +989,9 @@ pub async fn invalid_key_on_every_operation(ctx: &Ctx) {
     assert!(!c.has_key("ok").await.unwrap());
 }
 
-/// A value over `max_value_bytes` is refused and the old value is kept.
+/// A value over `max_value_bytes` is refused, and the value it was to
+/// replace is removed: a failed write never leaves a superseded value
+/// readable (Django's memcached backend deletes it too).
 pub async fn oversized_value_refused(ctx: &Ctx) {
     let c = ctx.builder().max_value_bytes(1000).build().unwrap();
     c.set("k", "small", LONG).await.unwrap();
@@ -1005,11 +1007,63 @@ pub async fn oversized_value_refused(ctx: &Ctx) {
         other => panic!("expected ValueTooLarge, got {other:?}"),
     }
     assert_eq!(
-        c.get::<String>("k").await.unwrap().as_deref(),
-        Some("small")
+        c.get::<String>("k").await.unwrap(),
+        None,
+        "the value a refused set was to replace is still readable"
     );
     assert!(c.add("new", &big, LONG).await.is_err());
     assert!(!c.has_key("new").await.unwrap());
+    // The same for a batch: the refused key's old value goes, nothing of
+    // the batch is stored.
+    c.set("a", "old a", LONG).await.unwrap();
+    c.set("b", "old b", LONG).await.unwrap();
+    let batch: Vec<(&str, Vec<u8>)> = vec![("a", b"fits".to_vec()), ("b", big.clone())];
+    assert!(matches!(
+        c.set_many::<Vec<u8>, _, _>(&batch, LONG).await,
+        Err(Error::ValueTooLarge { .. })
+    ));
+    assert_eq!(c.get::<String>("b").await.unwrap(), None, "old b survived");
+    assert_ne!(
+        c.get::<Vec<u8>>("a").await.unwrap().as_deref(),
+        Some(&b"fits"[..])
+    );
+}
+
+/// Empty batches are no-ops on every backend, and caller errors (invalid
+/// keys, values too large, empty batches) never count against the circuit
+/// breaker: only transport, timeout and server failures do.
+pub async fn caller_errors_do_not_open_the_breaker(ctx: &Ctx) {
+    let c = ctx
+        .builder()
+        .max_value_bytes(1000)
+        .breaker(larder_core::BreakerConfig::default().failure_threshold(2))
+        .build()
+        .unwrap();
+    let none: [&str; 0] = [];
+    let no_items: [(&str, &str); 0] = [];
+    let big = vec![7u8; 4000];
+    let mut rng = fastrand::Rng::with_seed(2);
+    let noise: Vec<u8> = (0..4000).map(|_| rng.u8(..)).collect();
+    for _ in 0..6 {
+        assert_eq!(
+            c.set_many::<&str, _, _>(&no_items, LONG).await.unwrap(),
+            Vec::<String>::new()
+        );
+        assert_eq!(c.delete_many(&none).await.unwrap(), 0);
+        assert!(c.get_many::<String, _>(&none).await.unwrap().is_empty());
+        assert!(matches!(
+            c.get::<String>("bad key").await,
+            Err(Error::InvalidKey { .. })
+        ));
+        assert!(matches!(
+            c.set("k", &noise, LONG).await,
+            Err(Error::ValueTooLarge { .. })
+        ));
+        let _ = big.len();
+    }
+    assert_eq!(c.breaker_state(), larder_core::BreakerState::Closed);
+    c.set("k", "v", LONG).await.unwrap();
+    assert_eq!(c.get::<String>("k").await.unwrap().as_deref(), Some("v"));
 }
 
 // ---------------------------------------------------------------- corrupt entries
@@ -1204,11 +1258,13 @@ fn stale_opts() -> ComputeOptions {
         .no_early_refresh()
 }
 
-/// A second cache over the same backend with its own single-flight table
-/// and write generations, as another process has. Without leases the
-/// backend cannot coordinate processes, so the "other" cache is this one.
+/// A second cache over the same backend with its own single-flight table,
+/// as another process (or another `Cache` in this one) has. Backends with
+/// leases coordinate processes; in-process backends share their write
+/// generations between caches; otherwise the "other" cache is this one.
 fn other_process(ctx: &Ctx, c: &Cache) -> Cache {
-    if c.capabilities().leases {
+    // In-process backends share their write generations between caches.
+    if c.capabilities().leases || c.backend().write_generations().is_some() {
         ctx.cache()
     } else {
         c.clone()
@@ -1306,6 +1362,52 @@ pub async fn stale_refresh_after_delete_is_dropped(ctx: &Ctx) {
     b.delete("k").await.unwrap();
     assert_eq!(computing.await.unwrap(), "v2");
     assert_eq!(a.get::<String>("k").await.unwrap(), None);
+}
+
+/// A refresh that outlives the stale entry it replaces is stored: the
+/// entry merely expired while the lease was held, nobody wrote or deleted
+/// it, so the next caller must not compute again.
+pub async fn refresh_outliving_its_stale_entry_is_stored(ctx: &Ctx) {
+    let c = ctx.cache();
+    // Fresh for 1 s, then kept 1 s more for stale serving; a stale read
+    // answers at once and refreshes in the background.
+    let opts = ComputeOptions::new(Ttl::secs(1))
+        .stale_while_revalidate(Duration::from_secs(1))
+        .no_early_refresh();
+    let calls = Arc::new(AtomicU32::new(0));
+    let first = calls.clone();
+    let _: String = c
+        .get_or_compute_with("k", &opts, move || slow_value(0, "v1", first))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    // Stale now; the refresh outlasts the rest of the stale window (also
+    // on second-granular backends).
+    let second = calls.clone();
+    let v: String = c
+        .get_or_compute_with("k", &opts, move || slow_value(3000, "v2", second))
+        .await
+        .unwrap();
+    assert_eq!(v, "v1", "served stale while refreshing");
+    let deadline = std::time::Instant::now() + Duration::from_secs(12);
+    while std::time::Instant::now() < deadline {
+        if c.get::<String>("k").await.unwrap().as_deref() == Some("v2") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("v2"),
+        "a refresh whose stale entry expired meanwhile was thrown away"
+    );
+    let third = calls.clone();
+    let v: String = c
+        .get_or_compute_with("k", &opts, move || slow_value(0, "v3", third))
+        .await
+        .unwrap();
+    assert_eq!(v, "v2");
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "computed again");
 }
 
 /// Callers in two "processes" (caches with their own single-flight) share
@@ -1628,14 +1730,15 @@ macro_rules! __for_each_storing_case {
             custom_key_fn, prefix_with_colon_refused,
             key_with_space_invalid, key_with_control_char_invalid, key_too_long_invalid,
             key_length_in_bytes, long_keys_hashed, invalid_key_on_every_operation,
-            oversized_value_refused,
+            oversized_value_refused, caller_errors_do_not_open_the_breaker,
             foreign_entry_is_a_miss, truncated_entry_is_a_miss, empty_entry_is_a_miss,
             corrupt_entry_overwritten,
             concurrent_distinct_keys, concurrent_readers_see_whole_values,
             get_or_compute_miss, get_or_compute_hit, get_or_compute_error_not_cached,
             get_or_compute_single_flight,
             stale_set_after_delete_is_dropped, stale_set_after_write_is_dropped,
-            stale_refresh_after_delete_is_dropped, lease_one_computation_across_caches,
+            stale_refresh_after_delete_is_dropped, refresh_outliving_its_stale_entry_is_stored,
+            lease_one_computation_across_caches,
             lease_loser_serves_stale, lease_holder_crash_is_bounded, lease_protocol,
             stale_while_revalidate_refreshes_once, stale_if_error_serves_stale,
             early_refresh_recomputes_before_expiry, plain_get_respects_freshness,
