@@ -708,6 +708,71 @@ impl Cache {
         Ok(self.finish_get(key, raw))
     }
 
+    /// Reads a value like [`get`](Self::get), decoding it only when the
+    /// stored bytes differ from those `memo` last decoded for this key (see
+    /// [`DecodedMemo`](crate::DecodedMemo): the backend is read every time,
+    /// so the answer is always the backend's). For hot entries that are
+    /// costly to decode; the HTTP cache keeps its responses this way.
+    pub async fn get_memoized<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        memo: &crate::DecodedMemo<T>,
+    ) -> Result<Option<Arc<T>>> {
+        let backend = &self.inner.backend;
+        let immediate =
+            self.inner
+                .keys
+                .with_key(self.head.as_deref(), key, self.version, |skey| {
+                    backend
+                        .get_immediate(skey)
+                        .map(|r| r.map(|raw| self.finish_memoized(key, skey, raw, memo)))
+                })?;
+        if let Some(answer) = immediate {
+            return self.note(answer);
+        }
+        let skey = self.make_key(key)?;
+        let raw = self.call(backend.get(&skey)).await;
+        let raw = self.read_result(key, raw, || None)?;
+        Ok(self.finish_memoized(key, &skey, raw, memo))
+    }
+
+    fn finish_memoized<T: DeserializeOwned>(
+        &self,
+        key: &str,
+        skey: &str,
+        raw: Option<Bytes>,
+        memo: &crate::DecodedMemo<T>,
+    ) -> Option<Arc<T>> {
+        let Some(raw) = raw else {
+            self.inner.counters.misses.increment(1);
+            return None;
+        };
+        let (value, soft) = match memo.find(skey, &raw) {
+            Some(found) => found,
+            None => match envelope::decode::<T>(&raw) {
+                Ok((v, meta)) => {
+                    let soft = meta.map_or(0, |m| m.soft_expiry_unix_ms);
+                    let v = Arc::new(v);
+                    memo.keep(skey, raw, soft, v.clone());
+                    (v, soft)
+                }
+                Err(e) => {
+                    self.inner.counters.corrupt.increment(1);
+                    self.inner.counters.misses.increment(1);
+                    tracing::warn!(cache = %self.inner.name, key, error = %e, "unreadable cache entry treated as a miss");
+                    return None;
+                }
+            },
+        };
+        // Past its soft expiry (get_or_compute's stale window): a miss.
+        if soft != 0 && unix_ms() >= soft {
+            self.inner.counters.misses.increment(1);
+            return None;
+        }
+        self.inner.counters.hits.increment(1);
+        Some(value)
+    }
+
     fn get_immediate<T: DeserializeOwned>(&self, key: &str) -> Option<Result<Option<T>>> {
         let backend = &self.inner.backend;
         let answer = self

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use tower::{Service, ServiceExt};
 
 use crate::body::{BoxError, CacheBody};
-use crate::entry::{ByteBuf, Entry, Stored};
+use crate::entry::{ByteBuf, Decoded, Entry, Ready, Stored};
 use crate::key;
 use crate::policy::{self, CacheControl, NotStored, Rules};
 
@@ -180,6 +180,7 @@ impl HttpCacheBuilder {
                 refuse_ambiguous_host: self.refuse_ambiguous_host,
                 flights: Mutex::new(HashMap::new()),
                 uncacheable: Mutex::new(HashMap::new()),
+                decoded: larder_core::DecodedMemo::new(MEMO_SLOTS, MEMO_ENTRY_BYTES),
                 write_failures: larder_core::FailureLog::new("http cache write"),
                 counters: Counters {
                     hit: c("larder_http_hits_total"),
@@ -296,6 +297,12 @@ impl Outcome {
     }
 }
 
+/// Entries whose decoded form a hit reuses: at most this many…
+const MEMO_SLOTS: usize = 512;
+/// …of at most this size each (larger entries are decoded per hit), which
+/// bounds the memo at about 2 × 512 × 64 KiB.
+const MEMO_ENTRY_BYTES: usize = 64 * 1024;
+
 struct Shared {
     cache: Cache,
     rules: Rules,
@@ -310,6 +317,9 @@ struct Shared {
     flights: Mutex<HashMap<String, watch::Sender<Option<Flight>>>>,
     /// URL key → until when (unix ms) it is known uncacheable.
     uncacheable: Mutex<HashMap<String, u64>>,
+    /// Hot entries decoded once (see `Decoded`); the store is still read
+    /// on every request, so this never answers what the store would not.
+    decoded: larder_core::DecodedMemo<Decoded>,
     write_failures: larder_core::FailureLog,
     counters: Counters,
 }
@@ -354,7 +364,7 @@ pub(crate) struct Overrides {
 }
 
 enum Lookup {
-    Found(Entry),
+    Found(Arc<Ready>),
     Miss,
 }
 
@@ -594,23 +604,25 @@ impl HttpCache {
         let pkey = key::primary(&host, req.uri());
         let now = unix_ms();
         match self.lookup(&pkey, req.headers()).await {
-            Lookup::Found(entry) => {
+            Lookup::Found(ready) => {
+                let entry = &ready.entry;
                 let age = entry.age(now);
                 let fresh_enough = age + Duration::from_secs(req_cc.min_fresh.unwrap_or(0))
                     < entry.lifetime()
                     && req_cc.max_age.is_none_or(|m| age <= Duration::from_secs(m));
                 if fresh_enough && !req_cc.no_cache {
                     self.shared.counters.hit.increment(1);
-                    return Ok(self.serve(&entry, req.headers(), &method, now, "HIT"));
+                    return Ok(self.serve_ready(&ready, req.headers(), &method, now, "HIT"));
                 }
                 let swr_end = entry.lifetime() + Duration::from_millis(entry.swr_ms);
                 if !req_cc.no_cache && age < swr_end {
                     // RFC 5861: stale now, one background revalidation.
                     self.shared.counters.stale.increment(1);
                     self.spawn_revalidation(inner, &req, pkey, entry.clone(), over);
-                    return Ok(self.serve(&entry, req.headers(), &method, now, "STALE"));
+                    return Ok(self.serve_ready(&ready, req.headers(), &method, now, "STALE"));
                 }
-                self.revalidate_merged(inner, req, pkey, entry, over).await
+                self.revalidate_merged(inner, req, pkey, entry.clone(), over)
+                    .await
             }
             Lookup::Miss => {
                 if req_cc.only_if_cached {
@@ -650,16 +662,20 @@ impl HttpCache {
     /// store is a miss.
     async fn lookup(&self, pkey: &str, req: &HeaderMap) -> Lookup {
         let cache = &self.shared.cache;
-        let entry = match cache.get::<Stored>(pkey).await {
-            Ok(Some(Stored::Response(e))) => e,
-            Ok(Some(Stored::Vary { names, generation })) => {
-                let values = policy::vary_values(&names, req);
-                match cache
-                    .get::<Stored>(&key::variant(pkey, generation, &values))
-                    .await
-                {
-                    Ok(Some(Stored::Response(e))) if e.vary == names && e.vary_values == values => {
-                        e
+        let memo = &self.shared.decoded;
+        let top = cache.get_memoized(pkey, memo).await;
+        let ready = match top.as_ref().map(|d| d.as_deref()) {
+            Ok(Some(Decoded::Response(ready))) => ready.clone(),
+            Ok(Some(Decoded::Vary { names, generation })) => {
+                let values = policy::vary_values(names, req);
+                let variant = cache
+                    .get_memoized(&key::variant(pkey, *generation, &values), memo)
+                    .await;
+                match variant.as_ref().map(|d| d.as_deref()) {
+                    Ok(Some(Decoded::Response(ready)))
+                        if ready.entry.vary == *names && ready.entry.vary_values == values =>
+                    {
+                        ready.clone()
                     }
                     _ => return Lookup::Miss,
                 }
@@ -670,6 +686,7 @@ impl HttpCache {
                 return Lookup::Miss;
             }
         };
+        let entry = &ready.entry;
         if !entry.tags.is_empty() {
             let keys: Vec<String> = entry.tags.iter().map(|t| key::tag(t)).collect();
             match cache.get_many::<u64, _>(&keys).await {
@@ -682,13 +699,37 @@ impl HttpCache {
                 Err(_) => return Lookup::Miss,
             }
         }
-        Lookup::Found(entry)
+        Lookup::Found(ready)
+    }
+
+    /// [`serve`](Self::serve) from a looked-up entry's built parts.
+    fn serve_ready<B>(
+        &self,
+        ready: &Ready,
+        req: &HeaderMap,
+        method: &Method,
+        now: u64,
+        what: &'static str,
+    ) -> Response<CacheBody<B>> {
+        self.serve_with(&ready.entry, Some(ready), req, method, now, what)
     }
 
     /// A stored response to a client, answering its conditional request.
     fn serve<B>(
         &self,
         entry: &Entry,
+        req: &HeaderMap,
+        method: &Method,
+        now: u64,
+        what: &'static str,
+    ) -> Response<CacheBody<B>> {
+        self.serve_with(entry, None, req, method, now, what)
+    }
+
+    fn serve_with<B>(
+        &self,
+        entry: &Entry,
+        ready: Option<&Ready>,
         req: &HeaderMap,
         method: &Method,
         now: u64,
@@ -718,7 +759,12 @@ impl HttpCache {
             self.mark(&mut r, what);
             return r;
         }
-        let (parts, body) = entry.response(now, *method != Method::HEAD).into_parts();
+        let with_body = *method != Method::HEAD;
+        let response = match ready {
+            Some(ready) => ready.response(now, with_body),
+            None => entry.response(now, with_body),
+        };
+        let (parts, body) = response.into_parts();
         let mut r = Response::from_parts(parts, CacheBody::full(body));
         self.mark(&mut r, what);
         r

@@ -1,5 +1,6 @@
 //! What is stored: a response with what its freshness and matching need.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,60 @@ pub(crate) enum Stored {
     /// under keys that include `generation`, which changes on every new
     /// index so an invalidated URL's old variants can never match again.
     Vary { names: Vec<String>, generation: u64 },
+}
+
+/// A [`Stored`] value as lookups use it: decoded once per distinct stored
+/// bytes (the cache keeps it in a `DecodedMemo`), with the response parts a
+/// hit sends already built, so a hit clones shared buffers instead of
+/// decoding the entry and parsing its headers again.
+pub(crate) enum Decoded {
+    Response(Arc<Ready>),
+    Vary { names: Vec<String>, generation: u64 },
+}
+
+impl<'de> Deserialize<'de> for Decoded {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(match Stored::deserialize(d)? {
+            Stored::Response(entry) => Decoded::Response(Arc::new(Ready::new(entry))),
+            Stored::Vary { names, generation } => Decoded::Vary { names, generation },
+        })
+    }
+}
+
+/// A stored response and the parts of the response it becomes.
+pub(crate) struct Ready {
+    pub entry: Entry,
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Ready {
+    pub fn new(entry: Entry) -> Self {
+        Ready {
+            status: StatusCode::from_u16(entry.status).unwrap_or(StatusCode::OK),
+            headers: entry.header_map(),
+            body: Bytes::copy_from_slice(&entry.body.0),
+            entry,
+        }
+    }
+
+    /// As [`Entry::response`], from the parts built once.
+    pub fn response(&self, now_ms: u64, with_body: bool) -> Response<Bytes> {
+        let mut r = Response::new(if with_body {
+            self.body.clone()
+        } else {
+            Bytes::new()
+        });
+        *r.status_mut() = self.status;
+        let mut headers = self.headers.clone();
+        headers.insert(
+            http::header::AGE,
+            HeaderValue::from(self.entry.age(now_ms).as_secs()),
+        );
+        *r.headers_mut() = headers;
+        r
+    }
 }
 
 /// One stored response.
