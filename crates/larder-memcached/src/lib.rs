@@ -487,6 +487,40 @@ impl Inner {
     /// passes. Concurrent `ma` increments change the CAS value on every call,
     /// so losing a race is expected under load: back off with jitter rather
     /// than give up after a fixed number of tries.
+    /// Takes back an increment that went past `i64::MAX`, checking the
+    /// reply. An undo whose outcome is unknown (a timeout, a dropped
+    /// connection) is not retried, since it may have landed and a second
+    /// would make the counter wrong: the key is deleted instead (an
+    /// idempotent call, retried), so a counter is never left above
+    /// `i64::MAX`, where it would read as a miss and refuse every `incr`.
+    async fn undo_overflow(&self, i: usize, key: &str, delta_flag: &str) {
+        let mut undo = Requests::new();
+        undo.ma(key, &["v", "MD", delta_flag]);
+        match self.one(i, &undo).await {
+            // Back below, or still over because another increment landed
+            // meanwhile (its own caller undoes it).
+            Ok(Response::Va(data, _))
+                if std::str::from_utf8(&data).is_ok_and(|t| t.trim().parse::<u64>().is_ok()) =>
+            {
+                return
+            }
+            // Deleted or expired meanwhile: nothing left to fix.
+            Ok(Response::Nf) => return,
+            _ => {}
+        }
+        tracing::warn!(
+            key,
+            "memcached: an overflowing incr could not be undone; deleting the counter"
+        );
+        for _ in 0..3 {
+            let mut del = Requests::new();
+            del.md(key, &[]);
+            if matches!(self.one(i, &del).await, Ok(Response::Hd(_) | Response::Nf)) {
+                return;
+            }
+        }
+    }
+
     async fn incr_cas(&self, i: usize, key: &str, delta: i64) -> Result<i64> {
         let started = Instant::now();
         let mut attempt: u32 = 0;
@@ -851,9 +885,7 @@ impl Backend for MemcachedBackend {
                     Err(_) => {
                         // Past i64: undo (exact, since both values are below
                         // 2^64) and report the overflow.
-                        let mut undo = Requests::new();
-                        undo.ma(key, &["MD", &d]);
-                        let _ = inner.one(i, &undo).await;
+                        inner.undo_overflow(i, key, &d).await;
                         Err(Error::Overflow {
                             key: key.to_owned(),
                         })

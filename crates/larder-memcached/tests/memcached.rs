@@ -319,3 +319,56 @@ async fn concurrent_prefix_clears_all_succeed() {
     );
     filler.clear().await.unwrap();
 }
+
+/// An `incr` past `i64::MAX` is an `Overflow` and leaves the counter as it
+/// was, every time (memcached counters are u64: the increment happens on
+/// the server and is undone; an undo that did not land must not go
+/// unnoticed). Concurrent increments of the same counter near the boundary
+/// end at the exact sum of those that succeeded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incr_overflow_never_leaves_a_broken_counter() {
+    let c = Cache::builder(backend("memcached://127.0.0.1:21211"))
+        .key_prefix(format!("ovf{}", fastrand::u64(..)))
+        .build()
+        .unwrap();
+    for round in 0..300u64 {
+        let start = i64::MAX - (round % 5) as i64;
+        let delta = 1 + (round % 7) as i64 + (round % 5) as i64;
+        c.set("n", &start, Ttl::secs(60)).await.unwrap();
+        match c.incr("n", delta).await {
+            Err(Error::Overflow { .. }) => {}
+            other => panic!("round {round}: {start} + {delta}: {other:?}"),
+        }
+        assert_eq!(
+            c.get::<i64>("n").await.unwrap(),
+            Some(start),
+            "round {round}: the counter changed after an overflow"
+        );
+        assert_eq!(c.incr("n", 0).await.unwrap(), start, "round {round}");
+    }
+    // Racing increments at the boundary: each either succeeds or
+    // overflows, and the counter ends at the start plus the successes.
+    let start = i64::MAX - 50;
+    c.set("r", &start, Ttl::secs(60)).await.unwrap();
+    let tasks: Vec<_> = (0..40)
+        .map(|_| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                match c.incr("r", 3).await {
+                    Ok(_) => 3,
+                    Err(Error::Overflow { .. }) => 0,
+                    Err(e) => panic!("{e:?}"),
+                }
+            })
+        })
+        .collect();
+    let mut added = 0i64;
+    for t in tasks {
+        added += t.await.unwrap();
+    }
+    assert!(
+        added > 0 && added <= 48,
+        "{added}: at most 16 increments of 3 fit"
+    );
+    assert_eq!(c.get::<i64>("r").await.unwrap(), Some(start + added));
+}
