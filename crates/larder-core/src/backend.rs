@@ -322,6 +322,21 @@ impl WriteGenerations {
         self.slot(skey).load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Marks a write to `skey` only if its generation is still `seen`;
+    /// returns whether it did. Of several callers that read the same
+    /// generation, exactly one claims it, and any write since makes it
+    /// fail: an in-process compare-and-set for backends without leases.
+    pub fn claim(&self, skey: &str, seen: u64) -> bool {
+        self.slot(skey)
+            .compare_exchange(
+                seen,
+                seen.wrapping_add(1),
+                std::sync::atomic::Ordering::AcqRel,
+                std::sync::atomic::Ordering::Acquire,
+            )
+            .is_ok()
+    }
+
     /// Marks a write to every key (a clear).
     pub fn bump_all(&self) {
         for g in self.slots.iter() {

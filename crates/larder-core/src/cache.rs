@@ -11,7 +11,7 @@ use metrics::Counter;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::backend::{Backend, Capabilities, ClearScope};
+use crate::backend::{Backend, Capabilities, ClearScope, LeaseGrant};
 use crate::breaker::{Admit, Breaker, BreakerConfig, BreakerState};
 use crate::envelope::{self, Codec, EnvelopeConfig};
 use crate::error::{Error, Result};
@@ -881,12 +881,71 @@ impl Cache {
         let skey = self.make_key(key)?;
         self.bump(&skey);
         match self.resolve(ttl.into()) {
-            Resolved::ExpireNow => Ok(!self.call(self.inner.backend.has_key(&skey)).await?),
+            Resolved::ExpireNow => Ok(!self.present(&skey).await?),
             Resolved::Store(exp) => {
                 let bytes = self.encode(value)?;
-                self.call(self.inner.backend.add(&skey, bytes, exp)).await
+                if self
+                    .call(self.inner.backend.add(&skey, bytes.clone(), exp))
+                    .await?
+                {
+                    return Ok(true);
+                }
+                // Taken, but perhaps only by an entry in its stale window,
+                // which is absent to `add` as to `get`: replace that one.
+                let generation = self.generation(&skey);
+                let Some(raw) = self.call(self.inner.backend.get(&skey)).await? else {
+                    return self.call(self.inner.backend.add(&skey, bytes, exp)).await;
+                };
+                if !envelope::is_soft_expired(&raw, unix_ms()) {
+                    return Ok(false);
+                }
+                self.replace_if_unchanged(&skey, raw, generation, bytes, exp)
+                    .await
             }
         }
+    }
+
+    /// Whether a live entry is under `skey` by the one rule every plain
+    /// call shares: in the backend and not past the soft expiry that
+    /// `get_or_compute` wrote (its stale window is for stale readers).
+    async fn present(&self, skey: &str) -> Result<bool> {
+        let raw = self.call(self.inner.backend.get(skey)).await?;
+        Ok(raw.is_some_and(|raw| !envelope::is_soft_expired(&raw, unix_ms())))
+    }
+
+    /// Replaces the entry `seen` under `skey` with `bytes` unless someone
+    /// wrote or deleted it since; returns whether it did. With leases, a
+    /// lease taken on the seen entry makes it a compare-and-set across
+    /// processes (a lease held by someone else means a refresh is about to
+    /// write: we lose); without, the write generation read before `seen`
+    /// is claimed (an in-process compare-and-set).
+    async fn replace_if_unchanged(
+        &self,
+        skey: &str,
+        seen: Bytes,
+        generation: u64,
+        bytes: Bytes,
+        exp: Expiry,
+    ) -> Result<bool> {
+        let backend = &self.inner.backend;
+        if self.capabilities().leases {
+            let lease_time = Duration::from_secs(5);
+            return match self
+                .call(backend.lease_acquire(skey, lease_time, Some(seen)))
+                .await?
+            {
+                LeaseGrant::Won(lease) => {
+                    self.call(backend.lease_fill(skey, bytes, exp, &lease))
+                        .await
+                }
+                LeaseGrant::Held => Ok(false),
+            };
+        }
+        if !self.inner.gens.claim(skey, generation) {
+            return Ok(false);
+        }
+        self.call(backend.set(skey, bytes, exp)).await?;
+        Ok(true)
     }
 
     /// Reads several values in one backend operation where the backend can;
@@ -1008,7 +1067,7 @@ impl Cache {
     /// Whether a live entry exists for the key.
     pub async fn has_key(&self, key: &str) -> Result<bool> {
         let skey = self.make_key(key)?;
-        let r = self.call(self.inner.backend.has_key(&skey)).await;
+        let r = self.present(&skey).await;
         self.read_result(key, r, || false)
     }
 
@@ -1035,9 +1094,40 @@ impl Cache {
     /// TTL expires it at once.
     pub async fn touch(&self, key: &str, ttl: impl Into<Ttl>) -> Result<bool> {
         let skey = self.make_key(key)?;
-        match self.resolve(ttl.into()) {
-            Resolved::ExpireNow => self.call(self.inner.backend.delete(&skey)).await,
-            Resolved::Store(exp) => self.call(self.inner.backend.touch(&skey, exp)).await,
+        let backend = &self.inner.backend;
+        let exp = match self.resolve(ttl.into()) {
+            Resolved::ExpireNow => {
+                self.bump(&skey);
+                return self.call(backend.delete(&skey)).await;
+            }
+            Resolved::Store(exp) => exp,
+        };
+        // An entry written by get_or_compute carries its soft expiry: touch
+        // moves it (and the stale window ends with the new TTL), and one
+        // already past it is absent, as for every plain call.
+        let generation = self.generation(&skey);
+        let Some(raw) = self.call(backend.get(&skey)).await? else {
+            return Ok(false);
+        };
+        let now = unix_ms();
+        if envelope::is_soft_expired(&raw, now) {
+            return Ok(false);
+        }
+        let soft = match exp {
+            Expiry::Never => 0,
+            Expiry::After(d) => {
+                now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            }
+        };
+        match envelope::with_soft_expiry(&raw, soft) {
+            None => self.call(backend.touch(&skey, exp)).await,
+            Some(moved) => {
+                // Lost to a write or delete in between: the entry was
+                // present when touched, and what replaced it stands.
+                self.replace_if_unchanged(&skey, raw, generation, moved, exp)
+                    .await?;
+                Ok(true)
+            }
         }
     }
 

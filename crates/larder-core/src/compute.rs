@@ -606,6 +606,17 @@ impl Cache {
                 Some(Expiry::After(ttl + opts.grace())),
             ),
         };
+        // Integers are stored bare, as `set` stores them, so that `incr`
+        // works on them natively on every backend: they get no soft expiry
+        // (no stale window, no early refresh), their TTL is the fresh one.
+        let (meta, expiry) = match (envelope::as_integer(&value), expiry) {
+            (Some(_), Some(Expiry::After(_))) => match self.resolve(opts.ttl) {
+                Resolved::Store(exp) => (None, Some(exp)),
+                Resolved::ExpireNow => (None, None),
+            },
+            (Some(_), other) => (None, other),
+            (None, other) => (meta, other),
+        };
         let bytes = match envelope::encode(&value, &self.inner.envelope, meta) {
             Ok(b) => b,
             Err(e) => {

@@ -163,6 +163,34 @@ pub fn encode<T: Serialize + ?Sized>(
     Ok(Bytes::from(out))
 }
 
+/// The soft expiry (unix ms; 0: none) in the envelope's metadata, read
+/// from the header alone: `None` for bare integers, foreign or truncated
+/// bytes and envelopes without metadata.
+pub fn soft_expiry(bytes: &[u8]) -> Option<u64> {
+    if bytes.len() < 3 + 12 || bytes[0] != MAGIC || bytes[1] != FORMAT_VERSION {
+        return None;
+    }
+    if bytes[2] & FLAG_META == 0 {
+        return None;
+    }
+    bytes[3..11].try_into().ok().map(u64::from_le_bytes)
+}
+
+/// Whether stored bytes are past the soft expiry in their metadata at
+/// `now_ms`: kept only for stale serving, absent to every plain call.
+pub fn is_soft_expired(bytes: &[u8], now_ms: u64) -> bool {
+    soft_expiry(bytes).is_some_and(|soft| soft != 0 && now_ms >= soft)
+}
+
+/// The same envelope with a new soft expiry (0: none); `None` when the
+/// bytes carry no metadata.
+pub fn with_soft_expiry(bytes: &[u8], soft_expiry_unix_ms: u64) -> Option<Bytes> {
+    soft_expiry(bytes)?;
+    let mut out = bytes.to_vec();
+    out[3..11].copy_from_slice(&soft_expiry_unix_ms.to_le_bytes());
+    Some(Bytes::from(out))
+}
+
 /// Decodes stored bytes as a `T`, with the envelope's metadata if present.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Option<Meta>), DecodeError> {
     let Some(&first) = bytes.first() else {

@@ -1410,6 +1410,80 @@ pub async fn refresh_outliving_its_stale_entry_is_stored(ctx: &Ctx) {
     assert_eq!(calls.load(Ordering::SeqCst), 2, "computed again");
 }
 
+/// One rule for "present", shared by every plain call: an entry that
+/// `get_or_compute` wrote and that is past its TTL but inside its stale
+/// window is absent to `get`, `has_key`, `add`, `touch` and `get_many`
+/// (only `get_or_compute`, which asks for stale data, sees it); `touch`
+/// moves the soft expiry too; integers it wrote stay incrementable.
+pub async fn stale_window_is_absent_to_plain_calls(ctx: &Ctx) {
+    let c = ctx.cache();
+    let opts = ComputeOptions::new(Ttl::secs(1))
+        .stale_while_revalidate(Duration::from_secs(60))
+        .no_early_refresh();
+    for k in ["stale", "added", "touched", "moved"] {
+        let _: String = c
+            .get_or_compute_with(k, &opts, || async { Ok::<_, Error>("old".to_owned()) })
+            .await
+            .unwrap();
+    }
+    let n: i64 = c
+        .get_or_compute_with("n", &opts, || async { Ok::<_, Error>(10) })
+        .await
+        .unwrap();
+    assert_eq!(n, 10);
+    assert_eq!(
+        c.incr("n", 1).await.unwrap(),
+        11,
+        "an integer from get_or_compute"
+    );
+    assert!(c.touch("moved", LONG).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // Past the TTL, inside the stale window.
+    assert_eq!(c.get::<String>("stale").await.unwrap(), None);
+    assert!(
+        !c.has_key("stale").await.unwrap(),
+        "has_key sees a stale-window entry"
+    );
+    assert!(
+        c.get_many::<String, _>(&["stale"])
+            .await
+            .unwrap()
+            .is_empty(),
+        "get_many sees a stale-window entry"
+    );
+    assert!(
+        !c.touch("touched", LONG).await.unwrap(),
+        "touch revived a stale-window entry"
+    );
+    assert_eq!(c.get::<String>("touched").await.unwrap(), None);
+    assert!(
+        c.add("added", "new", LONG).await.unwrap(),
+        "add refused over a stale-window entry"
+    );
+    assert_eq!(
+        c.get::<String>("added").await.unwrap().as_deref(),
+        Some("new")
+    );
+    assert!(
+        !c.add("added", "newer", LONG).await.unwrap(),
+        "add over a live entry"
+    );
+    assert_eq!(
+        c.get::<String>("moved").await.unwrap().as_deref(),
+        Some("old"),
+        "touch did not move the soft expiry"
+    );
+    assert!(c.has_key("moved").await.unwrap());
+    // get_or_compute still serves the stale entry while it refreshes.
+    let v: String = c
+        .get_or_compute_with("stale", &opts, || async {
+            Ok::<_, Error>("fresh".to_owned())
+        })
+        .await
+        .unwrap();
+    assert_eq!(v, "old", "the stale window is for get_or_compute");
+}
+
 /// Callers in two "processes" (caches with their own single-flight) share
 /// one computation through the backend's lease; without leases, one per
 /// process.
@@ -1738,6 +1812,7 @@ macro_rules! __for_each_storing_case {
             get_or_compute_single_flight,
             stale_set_after_delete_is_dropped, stale_set_after_write_is_dropped,
             stale_refresh_after_delete_is_dropped, refresh_outliving_its_stale_entry_is_stored,
+            stale_window_is_absent_to_plain_calls,
             lease_one_computation_across_caches,
             lease_loser_serves_stale, lease_holder_crash_is_bounded, lease_protocol,
             stale_while_revalidate_refreshes_once, stale_if_error_serves_stale,
