@@ -978,6 +978,24 @@ impl Cache {
         Ok(out)
     }
 
+    /// The stored bytes of several keys, undecoded, one slot per key in
+    /// order (`None`: absent). For metadata that must fail safe, where an
+    /// entry that is there but unreadable means something else than one
+    /// that is absent (decode with [`envelope::decode`](crate::envelope::decode)).
+    /// Entries in a `get_or_compute` stale window are included.
+    pub async fn get_many_raw<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Option<Bytes>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let skeys = keys
+            .iter()
+            .map(|k| self.make_key(k.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&str> = skeys.iter().map(String::as_str).collect();
+        let raw = self.call(self.inner.backend.get_many(&refs)).await;
+        self.read_result("(get_many_raw)", raw, || vec![None; refs.len()])
+    }
+
     /// Stores several values with one TTL, in one backend operation where the
     /// backend can. Returns the caller's keys the backend failed to store.
     pub async fn set_many<T, K, V>(

@@ -689,14 +689,30 @@ impl HttpCache {
         let entry = &ready.entry;
         if !entry.tags.is_empty() {
             let keys: Vec<String> = entry.tags.iter().map(|t| key::tag(t)).collect();
-            match cache.get_many::<u64, _>(&keys).await {
-                Ok(purged) => {
-                    if purged.values().any(|&at| at >= entry.requested_at_ms) {
-                        return Lookup::Miss;
-                    }
-                }
+            let records = match cache.get_many_raw(&keys).await {
+                Ok(records) => records,
                 // Cannot tell whether it was purged: do not serve it.
                 Err(_) => return Lookup::Miss,
+            };
+            let mut purged = false;
+            for (tag, record) in entry.tags.iter().zip(records) {
+                let Some(bytes) = record else { continue };
+                match larder_core::envelope::decode::<u64>(&bytes) {
+                    Ok((at, _)) => purged |= at >= entry.requested_at_ms,
+                    Err(e) => {
+                        // An unreadable purge record means "purged": never
+                        // serve what it may have removed; and it is
+                        // rewritten with a valid one so it heals.
+                        tracing::warn!(tag, error = %e, "http cache: unreadable tag purge record; treating the tag as purged now");
+                        purged = true;
+                        if let Err(e) = self.purge_tag(tag).await {
+                            tracing::debug!(tag, error = %e, "http cache: tag purge record not rewritten");
+                        }
+                    }
+                }
+            }
+            if purged {
+                return Lookup::Miss;
             }
         }
         Lookup::Found(ready)
@@ -1444,5 +1460,87 @@ fn add_validators(h: &mut HeaderMap, entry: &Entry) {
         .and_then(|v| HeaderValue::from_bytes(v).ok())
     {
         h.insert(header::IF_MODIFIED_SINCE, v);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use http_body_util::BodyExt;
+    use tower::{Service, ServiceExt};
+
+    use super::*;
+
+    /// An unreadable tag purge record means "purged": the tagged page is
+    /// not served from the store, and the record is rewritten so that the
+    /// page caches again afterwards (it used to read as "never purged").
+    #[tokio::test]
+    async fn an_unreadable_tag_record_means_purged_and_heals() {
+        let store = Cache::builder(larder_mem::MemBackend::default())
+            .build()
+            .unwrap();
+        let http = HttpCache::builder(store.clone()).build();
+        let calls = Arc::new(AtomicU32::new(0));
+        let origin = {
+            let calls = calls.clone();
+            tower::service_fn(move |_req: Request<String>| {
+                let n = calls.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    let mut r =
+                        Response::new(http_body_util::Full::new(Bytes::from(format!("body {n}"))));
+                    r.headers_mut()
+                        .insert("cache-control", HeaderValue::from_static("max-age=60"));
+                    r.headers_mut()
+                        .insert("cache-tag", HeaderValue::from_static("post:1"));
+                    Ok::<_, std::convert::Infallible>(r)
+                }
+            })
+        };
+        let mut svc = tower::Layer::layer(&http.layer(), origin);
+        let mut get = async || {
+            let req = Request::builder()
+                .uri("/p")
+                .header("host", "site.test")
+                .body(String::new())
+                .unwrap();
+            let res = svc.ready().await.unwrap().call(req).await.unwrap();
+            String::from_utf8(res.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+        };
+        assert_eq!(get().await, "body 1");
+        assert_eq!(get().await, "body 1", "cached");
+        let record = store.make_key(&key::tag("post:1")).unwrap();
+        for garbage in [&b"\xa7\x01\x00\xff\xff"[..], b"purged!", b""] {
+            store
+                .backend()
+                .set(
+                    &record,
+                    Bytes::copy_from_slice(garbage),
+                    larder_core::Expiry::Never,
+                )
+                .await
+                .unwrap();
+            let before = calls.load(Ordering::SeqCst);
+            get().await;
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                before + 1,
+                "a page behind an unreadable purge record was served from the store"
+            );
+            // The rewritten record says "purged now", which may also cover
+            // the response fetched meanwhile: at most one more miss.
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            for _ in 0..3 {
+                get().await;
+            }
+            let settled = calls.load(Ordering::SeqCst);
+            assert!(settled <= before + 2, "{} misses after the repair", settled - before);
+            get().await;
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                settled,
+                "the record did not heal: the page never caches again"
+            );
+        }
     }
 }

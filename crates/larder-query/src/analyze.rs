@@ -297,7 +297,6 @@ pub const PURE_FUNCTIONS: &[&str] = &[
     "convert",
 ];
 
-
 /// Functions whose result changes without any table changing (named in
 /// the reason a query is not cached; every function outside the pure list
 /// is refused anyway).

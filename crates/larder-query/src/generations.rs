@@ -41,20 +41,42 @@ impl Generations {
 
     /// The current generations of `tables`, in order, in one round trip.
     /// A table without one gets one now (so two readers agree on it).
+    ///
+    /// An unreadable generation (garbage, another type) means "changed":
+    /// it is overwritten with a fresh one, so the table's cached results
+    /// stop matching once and then cache again (rather than every query
+    /// getting a new, never-read key for good).
     pub async fn current<S: AsRef<str>>(&self, tables: &[S]) -> Result<Vec<u64>> {
         let keys: Vec<String> = tables.iter().map(|t| key(t.as_ref())).collect();
-        let found = self.cache.get_many::<u64, _>(&keys).await?;
+        let found = self.cache.get_many_raw(&keys).await?;
         let mut out = Vec::with_capacity(keys.len());
-        for k in &keys {
-            match found.get(k) {
-                Some(g) => out.push(*g),
+        for (k, raw) in keys.iter().zip(found) {
+            let readable = match raw.as_deref().map(larder_core::envelope::decode::<u64>) {
+                Some(Ok((g, _))) if g != 0 => Some(g),
+                None => None,
+                Some(_) => {
+                    tracing::warn!(key = %k, "query cache: unreadable table generation; replacing it");
+                    let g = fastrand_gen();
+                    self.cache.set(k, &g, Ttl::Never).await?;
+                    out.push(g);
+                    continue;
+                }
+            };
+            match readable {
+                Some(g) => out.push(g),
                 None => {
                     let g = fastrand_gen();
                     // Another process may have set one first: use theirs.
                     if self.cache.add(k, &g, Ttl::Never).await? {
                         out.push(g);
                     } else {
-                        out.push(self.cache.get::<u64>(k).await?.unwrap_or(g));
+                        match self.cache.get::<u64>(k).await? {
+                            Some(theirs) => out.push(theirs),
+                            None => {
+                                self.cache.set(k, &g, Ttl::Never).await?;
+                                out.push(g);
+                            }
+                        }
                     }
                 }
             }

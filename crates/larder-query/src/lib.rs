@@ -23,7 +23,7 @@ mod generations;
 mod outside;
 mod query_cache;
 
-pub use analyze::{analyze, normalize, Analysis, Schema, SqlDialect};
+pub use analyze::{analyze, normalize, Analysis, Schema, SqlDialect, PURE_FUNCTIONS};
 pub use generations::Generations;
 pub use outside::{install, install_sql, listen_postgres, CHANNEL, GENERATIONS_TABLE};
 pub use query_cache::{

@@ -100,7 +100,10 @@ impl Db {
                 self.a
             ),
         };
-        let row = sqlx::query::<Any>(&sql).fetch_one(&self.pool).await.unwrap();
+        let row = sqlx::query::<Any>(&sql)
+            .fetch_one(&self.pool)
+            .await
+            .unwrap();
         row.get::<i64, _>(0)
     }
 
@@ -552,4 +555,86 @@ async fn replace_statements_invalidate() {
     .await
     .unwrap();
     assert_eq!(qc.fetch_one::<Count>(&read, &[]).await.unwrap().n, 3);
+}
+
+/// An unreadable generation (garbage, another type) means "changed": the
+/// query runs again once, the generation is rewritten, and the query
+/// caches again (no never-read entry per query from then on).
+macro_rules! generation_heals {
+    ($pool:expr, $dialect:expr, $t:expr) => {{
+        let (pool, dialect, t) = ($pool, $dialect, $t);
+        let cache = mem_cache("heal");
+        let qc = QueryCache::new(pool.clone(), cache.clone(), dialect, Ttl::secs(60));
+        let read = format!("SELECT n FROM {t} WHERE id = 1");
+        let outside = |n: i64| format!("UPDATE {t} SET n = {n} WHERE id = 1");
+        assert_eq!(qc.fetch_one::<Count>(&read, &[]).await.unwrap().n, 1);
+        for garbage in [&b"\xa7\x01\x00garbage"[..], b"not a number", b"-"] {
+            let skey = cache.make_key(&format!("qgen.{t}")).unwrap();
+            cache
+                .backend()
+                .set(
+                    &skey,
+                    larder_core::Bytes::copy_from_slice(garbage),
+                    larder_core::Expiry::Never,
+                )
+                .await
+                .unwrap();
+            sqlx::query(&outside(2)).execute(&pool).await.unwrap();
+            assert_eq!(
+                qc.fetch_one::<Count>(&read, &[]).await.unwrap().n,
+                2,
+                "an unreadable generation must mean changed"
+            );
+            sqlx::query(&outside(1)).execute(&pool).await.unwrap();
+            assert_eq!(
+                qc.fetch_one::<Count>(&read, &[]).await.unwrap().n,
+                2,
+                "after the repair the result is cached again"
+            );
+            sqlx::query(&outside(1)).execute(&pool).await.unwrap();
+            qc.execute(&outside(1), &[]).await.unwrap();
+            assert_eq!(qc.fetch_one::<Count>(&read, &[]).await.unwrap().n, 1);
+        }
+    }};
+}
+
+#[tokio::test]
+async fn unreadable_generations_heal_on_every_database() {
+    let t = format!("an_heal_{}", std::process::id());
+    let pg = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .expect("PostgreSQL on 5432");
+    let my = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect("mysql://root@127.0.0.1:3306/test")
+        .await
+        .expect("MariaDB on 3306");
+    let lite = sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let setup = [
+        format!("DROP TABLE IF EXISTS {t}"),
+        format!("CREATE TABLE {t} (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)"),
+        format!("INSERT INTO {t} (id, n) VALUES (1, 1)"),
+    ];
+    for sql in &setup {
+        sqlx::query(sql).execute(&pg).await.unwrap();
+        sqlx::query(sql).execute(&my).await.unwrap();
+        sqlx::query(sql).execute(&lite).await.unwrap();
+    }
+    generation_heals!(pg.clone(), SqlDialect::Postgres, &t);
+    generation_heals!(my.clone(), SqlDialect::MySql, &t);
+    generation_heals!(lite, SqlDialect::Sqlite, &t);
+    sqlx::query(&format!("DROP TABLE {t}"))
+        .execute(&pg)
+        .await
+        .unwrap();
+    sqlx::query(&format!("DROP TABLE {t}"))
+        .execute(&my)
+        .await
+        .unwrap();
 }
