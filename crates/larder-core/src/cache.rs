@@ -575,30 +575,41 @@ impl Cache {
         Ok(())
     }
 
-    fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Option<T> {
+    fn decode<T: DeserializeOwned>(&self, key: &str, bytes: &[u8]) -> Result<Option<T>> {
         match envelope::decode::<T>(bytes) {
             Ok((v, None)) => {
                 self.inner.counters.hits.increment(1);
-                Some(v)
+                Ok(Some(v))
             }
             // Written by get_or_compute: past its soft expiry it is kept only
             // for stale serving, and a plain read does not see it.
             Ok((v, Some(meta))) => {
                 if meta.soft_expiry_unix_ms != 0 && unix_ms() >= meta.soft_expiry_unix_ms {
                     self.inner.counters.misses.increment(1);
-                    None
+                    Ok(None)
                 } else {
                     self.inner.counters.hits.increment(1);
-                    Some(v)
+                    Ok(Some(v))
                 }
             }
-            Err(e) => {
-                self.inner.counters.corrupt.increment(1);
-                self.inner.counters.misses.increment(1);
-                tracing::warn!(cache = %self.inner.name, key, error = %e, "unreadable cache entry treated as a miss");
-                None
-            }
+            Err(e) => self.unreadable::<T>(key, &e).map(|()| None),
         }
+    }
+
+    /// An entry that does not decode as `T`: a logged miss when the entry
+    /// is corrupt, foreign or of another type; an error when `T` itself can
+    /// never be read back with the codec (a cache that would silently
+    /// never hit).
+    pub(crate) fn unreadable<T>(&self, key: &str, e: &envelope::DecodeError) -> Result<()> {
+        if matches!(e, envelope::DecodeError::NeedsSelfDescribing(_)) {
+            return Err(Error::CodecCannotRead {
+                type_name: std::any::type_name::<T>(),
+            });
+        }
+        self.inner.counters.corrupt.increment(1);
+        self.inner.counters.misses.increment(1);
+        tracing::warn!(cache = %self.inner.name, key, error = %e, "unreadable cache entry treated as a miss");
+        Ok(())
     }
 
     fn note<T>(&self, r: Result<T>) -> Result<T> {
@@ -705,7 +716,7 @@ impl Cache {
         let skey = self.make_key(key)?;
         let raw = self.call(self.inner.backend.get(&skey)).await;
         let raw = self.read_result(key, raw, || None)?;
-        Ok(self.finish_get(key, raw))
+        self.finish_get(key, raw)
     }
 
     /// Reads a value like [`get`](Self::get), decoding it only when the
@@ -725,7 +736,7 @@ impl Cache {
                 .with_key(self.head.as_deref(), key, self.version, |skey| {
                     backend
                         .get_immediate(skey)
-                        .map(|r| r.map(|raw| self.finish_memoized(key, skey, raw, memo)))
+                        .map(|r| r.and_then(|raw| self.finish_memoized(key, skey, raw, memo)))
                 })?;
         if let Some(answer) = immediate {
             return self.note(answer);
@@ -733,7 +744,7 @@ impl Cache {
         let skey = self.make_key(key)?;
         let raw = self.call(backend.get(&skey)).await;
         let raw = self.read_result(key, raw, || None)?;
-        Ok(self.finish_memoized(key, &skey, raw, memo))
+        self.finish_memoized(key, &skey, raw, memo)
     }
 
     fn finish_memoized<T: DeserializeOwned>(
@@ -742,10 +753,10 @@ impl Cache {
         skey: &str,
         raw: Option<Bytes>,
         memo: &crate::DecodedMemo<T>,
-    ) -> Option<Arc<T>> {
+    ) -> Result<Option<Arc<T>>> {
         let Some(raw) = raw else {
             self.inner.counters.misses.increment(1);
-            return None;
+            return Ok(None);
         };
         let (value, soft) = match memo.find(skey, &raw) {
             Some(found) => found,
@@ -756,21 +767,16 @@ impl Cache {
                     memo.keep(skey, raw, soft, v.clone());
                     (v, soft)
                 }
-                Err(e) => {
-                    self.inner.counters.corrupt.increment(1);
-                    self.inner.counters.misses.increment(1);
-                    tracing::warn!(cache = %self.inner.name, key, error = %e, "unreadable cache entry treated as a miss");
-                    return None;
-                }
+                Err(e) => return self.unreadable::<T>(key, &e).map(|()| None),
             },
         };
         // Past its soft expiry (get_or_compute's stale window): a miss.
         if soft != 0 && unix_ms() >= soft {
             self.inner.counters.misses.increment(1);
-            return None;
+            return Ok(None);
         }
         self.inner.counters.hits.increment(1);
-        Some(value)
+        Ok(Some(value))
     }
 
     fn get_immediate<T: DeserializeOwned>(&self, key: &str) -> Option<Result<Option<T>>> {
@@ -785,16 +791,16 @@ impl Cache {
             Err(e) => Some(Err(e)),
             Ok(None) => None,
             Ok(Some(Err(e))) => Some(self.note(Err(e))),
-            Ok(Some(Ok(raw))) => Some(Ok(self.finish_get(key, raw))),
+            Ok(Some(Ok(raw))) => Some(self.finish_get(key, raw)),
         }
     }
 
-    fn finish_get<T: DeserializeOwned>(&self, key: &str, raw: Option<Bytes>) -> Option<T> {
+    fn finish_get<T: DeserializeOwned>(&self, key: &str, raw: Option<Bytes>) -> Result<Option<T>> {
         match raw {
             Some(bytes) => self.decode(key, &bytes),
             None => {
                 self.inner.counters.misses.increment(1);
-                None
+                Ok(None)
             }
         }
     }
@@ -968,7 +974,7 @@ impl Cache {
         for (key, slot) in keys.iter().zip(raw) {
             match slot {
                 Some(bytes) => {
-                    if let Some(v) = self.decode(key.as_ref(), &bytes) {
+                    if let Some(v) = self.decode(key.as_ref(), &bytes)? {
                         out.insert(key.as_ref().to_owned(), v);
                     }
                 }

@@ -629,6 +629,19 @@ impl Cache {
                 return Err(E::from(e));
             }
         };
+        if !readable_back::<T>(&bytes) {
+            // Storing it would make a cache that never hits (every read a
+            // miss, every call a computation): return the value uncached.
+            if let Some(lease) = &lease {
+                let _ = self
+                    .call(self.inner.backend.lease_release(skey, lease))
+                    .await;
+            }
+            warn_unreadable_once::<T>(&self.inner.name);
+            // Unpublished, the flight ends as abandoned: followers cannot
+            // decode the value either, so they compute themselves.
+            return Ok(value);
+        }
         match expiry {
             Some(exp) => {
                 self.store(key, skey, bytes.clone(), exp, lease, generation)
@@ -784,4 +797,47 @@ impl Cache {
             }
         }
     }
+}
+
+/// Types known to read back from what they encode to (checked once each).
+static READABLE_TYPES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+/// Types already warned about.
+static WARNED_TYPES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
+
+/// Whether `T` can be decoded from `bytes`, its own encoding: false only
+/// when the codec cannot read the type back at all (postcard and a type
+/// that deserializes "any"). Decodes once per type; later calls look the
+/// type up.
+fn readable_back<T: DeserializeOwned>(bytes: &[u8]) -> bool {
+    let name = std::any::type_name::<T>();
+    let lock = |m: &'static std::sync::Mutex<Vec<&'static str>>| {
+        m.lock().unwrap_or_else(|p| p.into_inner())
+    };
+    if lock(&READABLE_TYPES).contains(&name) {
+        return true;
+    }
+    match envelope::decode::<T>(bytes) {
+        Err(envelope::DecodeError::NeedsSelfDescribing(_)) => false,
+        _ => {
+            let mut known = lock(&READABLE_TYPES);
+            if known.len() < 4096 && !known.contains(&name) {
+                known.push(name);
+            }
+            true
+        }
+    }
+}
+
+fn warn_unreadable_once<T>(cache: &str) {
+    let name = std::any::type_name::<T>();
+    let mut warned = WARNED_TYPES.lock().unwrap_or_else(|p| p.into_inner());
+    if warned.contains(&name) || warned.len() >= 4096 {
+        return;
+    }
+    warned.push(name);
+    tracing::warn!(
+        cache,
+        r#type = name,
+        "get_or_compute: values of this type cannot be read back with the postcard codec; they are returned but not cached (build the cache with codec=json)"
+    );
 }

@@ -117,6 +117,12 @@ pub enum DecodeError {
     /// The payload does not decode as the requested type.
     #[error("payload does not decode as the requested type: {0}")]
     Payload(String),
+    /// The requested type can never be read back with the codec the entry
+    /// was written in (postcard is not self-describing: `serde_json::Value`,
+    /// untagged enums, `#[serde(flatten)]` and other types that deserialize
+    /// "any" need the JSON codec). A property of the type, not of the entry.
+    #[error("the type cannot be read back with the postcard codec (it needs a self-describing format): {0}")]
+    NeedsSelfDescribing(String),
 }
 
 /// Encodes `value` with the given settings.
@@ -251,8 +257,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, Option<Meta>), De
             // postcard is not self-describing: a value of another type can
             // decode from a prefix of the payload. Requiring every byte to be
             // consumed turns most type mismatches into misses.
-            let (v, rest) = postcard::take_from_bytes(payload)
-                .map_err(|e| DecodeError::Payload(e.to_string()))?;
+            let (v, rest) = postcard::take_from_bytes(payload).map_err(|e| match e {
+                postcard::Error::WontImplement => DecodeError::NeedsSelfDescribing(e.to_string()),
+                other => DecodeError::Payload(other.to_string()),
+            })?;
             if !rest.is_empty() {
                 return Err(DecodeError::Payload(format!(
                     "{} bytes left over: the entry holds another type",

@@ -55,6 +55,17 @@ pub enum Error {
     /// A URL or option was not understood. The message names the offending part.
     #[error("invalid cache configuration: {0}")]
     Config(String),
+
+    /// Values of this type cannot be read back with the cache's codec:
+    /// postcard is not self-describing, and the type (`serde_json::Value`,
+    /// an untagged enum, a struct with `#[serde(flatten)]`, …) asks its
+    /// format to describe itself. Build the cache with the JSON codec
+    /// (`CacheBuilder::codec(Codec::Json)`, or `?codec=json` in its URL).
+    #[error("values of type {type_name} cannot be read back with the postcard codec; build the cache with codec=json")]
+    CodecCannotRead {
+        /// The Rust type asked for.
+        type_name: &'static str,
+    },
     /// The backend does not implement this operation.
     #[error("the {backend} backend does not support {operation}")]
     Unsupported {

@@ -1534,7 +1534,11 @@ mod tests {
                 get().await;
             }
             let settled = calls.load(Ordering::SeqCst);
-            assert!(settled <= before + 2, "{} misses after the repair", settled - before);
+            assert!(
+                settled <= before + 2,
+                "{} misses after the repair",
+                settled - before
+            );
             get().await;
             assert_eq!(
                 calls.load(Ordering::SeqCst),

@@ -1484,6 +1484,53 @@ pub async fn stale_window_is_absent_to_plain_calls(ctx: &Ctx) {
     assert_eq!(v, "old", "the stale window is for get_or_compute");
 }
 
+/// A type postcard cannot read back (it deserializes "any", like
+/// `serde_json::Value` or this untagged enum), except as a bare integer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum Loose {
+    Number(i64),
+    Text(String),
+}
+
+/// Codec honesty: a type the codec cannot read back is never a silent miss
+/// forever. `get` says why (`CodecCannotRead`, naming the type);
+/// `get_or_compute` returns the loader's value uncached (and warns once);
+/// with the JSON codec the same type caches.
+pub async fn unreadable_types_fail_loudly(ctx: &Ctx) {
+    let c = ctx.cache();
+    let v = Loose::Text("hello".into());
+    c.set("loose", &v, LONG).await.unwrap();
+    match c.get::<Loose>("loose").await {
+        Err(Error::CodecCannotRead { type_name }) => assert!(type_name.contains("Loose")),
+        other => panic!("expected CodecCannotRead, got {other:?}"),
+    }
+    let calls = Arc::new(AtomicU32::new(0));
+    for _ in 0..3 {
+        let counting = calls.clone();
+        let got: Loose = c
+            .get_or_compute("computed", LONG, move || async move {
+                counting.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Error>(Loose::Text("computed".into()))
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, Loose::Text("computed".into()));
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "returned uncached each time"
+    );
+    assert!(
+        !c.has_key("computed").await.unwrap(),
+        "an entry nobody can read was stored"
+    );
+    let json = ctx.builder().codec(Codec::Json).build().unwrap();
+    json.set("loose", &v, LONG).await.unwrap();
+    assert_eq!(json.get::<Loose>("loose").await.unwrap(), Some(v));
+}
+
 /// Callers in two "processes" (caches with their own single-flight) share
 /// one computation through the backend's lease; without leases, one per
 /// process.
@@ -1812,7 +1859,7 @@ macro_rules! __for_each_storing_case {
             get_or_compute_single_flight,
             stale_set_after_delete_is_dropped, stale_set_after_write_is_dropped,
             stale_refresh_after_delete_is_dropped, refresh_outliving_its_stale_entry_is_stored,
-            stale_window_is_absent_to_plain_calls,
+            stale_window_is_absent_to_plain_calls, unreadable_types_fail_loudly,
             lease_one_computation_across_caches,
             lease_loser_serves_stale, lease_holder_crash_is_bounded, lease_protocol,
             stale_while_revalidate_refreshes_once, stale_if_error_serves_stale,
