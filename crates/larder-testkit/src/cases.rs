@@ -1531,6 +1531,280 @@ pub async fn unreadable_types_fail_loudly(ctx: &Ctx) {
     assert_eq!(json.get::<Loose>("loose").await.unwrap(), Some(v));
 }
 
+/// What the model knows of one key.
+#[derive(Clone, Debug, Default)]
+struct Modeled {
+    /// The value a plain `get` returns while present (decimal for counters).
+    value: Option<String>,
+    /// When the entry leaves the backend (`None`: never).
+    hard: Option<std::time::Instant>,
+    /// When a `get_or_compute` entry stops being present (`None`: none).
+    soft: Option<std::time::Instant>,
+    /// Before this, a background refresh may still land: not checked.
+    settled: Option<std::time::Instant>,
+    /// What the key holds is not known (a call whose effect depended on a
+    /// boundary the model could not place): not checked until rewritten.
+    unknown: bool,
+}
+
+impl Modeled {
+    fn written(
+        value: String,
+        hard: Option<std::time::Instant>,
+        soft: Option<std::time::Instant>,
+    ) -> Self {
+        Modeled {
+            value: Some(value),
+            hard,
+            soft,
+            settled: None,
+            unknown: false,
+        }
+    }
+
+    /// Present at `t`, or `None` when `t` is too close to a boundary (or
+    /// to a refresh) for the backend's clock granularity to tell.
+    fn present_at(&self, t: std::time::Instant, margin: Duration) -> Option<bool> {
+        if self.unknown || self.settled.is_some_and(|s| t < s) {
+            return None;
+        }
+        if self.value.is_none() {
+            return Some(false);
+        }
+        let mut alive = true;
+        for b in [self.hard, self.soft].into_iter().flatten() {
+            let d = if t > b { t - b } else { b - t };
+            if d < margin {
+                return None;
+            }
+            alive &= t < b;
+        }
+        Some(alive)
+    }
+
+    /// Past its soft expiry but still in the backend: in the stale window.
+    fn stale_window_at(&self, t: std::time::Instant, margin: Duration) -> bool {
+        self.value.is_some()
+            && self.soft.is_some_and(|s| s + margin < t)
+            && self.hard.is_none_or(|h| t + margin < h)
+    }
+}
+
+/// A randomized model test of the one rule for "present": a seeded mix of
+/// `get_or_compute` (with a stale window), `get`, `get_many`, `has_key`,
+/// `set`, `add`, `touch`, `incr`, `delete` and expiry, checked after every
+/// step against a model of that rule (keys near an expiry boundary, where
+/// clock granularity decides, are skipped). `MODEL_SEED` picks the seed.
+pub async fn model_of_presence_agrees(ctx: &Ctx) {
+    use std::time::Instant;
+    let c = ctx.cache();
+    let seed = std::env::var("MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let mut rng = fastrand::Rng::with_seed(seed);
+    // memcached and Redis count some lifetimes in whole seconds.
+    let margin = if ctx.backend.name() == "memcached" {
+        Duration::from_millis(1200)
+    } else {
+        Duration::from_millis(300)
+    };
+    let gc_opts = ComputeOptions::new(Ttl::secs(1))
+        .stale_while_revalidate(Duration::from_secs(2))
+        .no_early_refresh();
+    // k0, k1 hold counters, k2, k3 text: each key keeps one type. Few
+    // keys and long sleeps, so entries live into their stale windows.
+    let keys = ["k0", "k1", "k2", "k3"];
+    let mut model: Vec<Modeled> = vec![Modeled::default(); keys.len()];
+    let mut checked = 0u32;
+    let mut next = 0u64;
+    for step in 0..100 {
+        let i = rng.usize(..keys.len());
+        let (k, counter) = (keys[i], i < 2);
+        next += 1;
+        let fresh = if counter {
+            next.to_string()
+        } else {
+            format!("v{next}")
+        };
+        let ttl_s = if rng.bool() { 1 } else { 3600 };
+        let t0 = Instant::now();
+        let m = &mut model[i];
+        let before = m.present_at(t0, margin);
+        let op = rng.u8(..8);
+        let what = match op {
+            0 => {
+                if counter {
+                    c.set(k, &fresh.parse::<i64>().unwrap(), Ttl::secs(ttl_s))
+                        .await
+                        .unwrap();
+                } else {
+                    c.set(k, &fresh, Ttl::secs(ttl_s)).await.unwrap();
+                }
+                *m = Modeled::written(
+                    fresh.clone(),
+                    (ttl_s == 1).then(|| t0 + Duration::from_secs(1)),
+                    None,
+                );
+                "set"
+            }
+            1 => {
+                let added = if counter {
+                    c.add(k, &fresh.parse::<i64>().unwrap(), Ttl::secs(ttl_s))
+                        .await
+                        .unwrap()
+                } else {
+                    c.add(k, &fresh, Ttl::secs(ttl_s)).await.unwrap()
+                };
+                if let Some(p) = before {
+                    assert_eq!(
+                        added, !p,
+                        "step {step} (seed {seed}): add({k}) with present={p}"
+                    );
+                }
+                if added {
+                    *m = Modeled::written(
+                        fresh.clone(),
+                        (ttl_s == 1).then(|| t0 + Duration::from_secs(1)),
+                        None,
+                    );
+                }
+                "add"
+            }
+            2 => {
+                let existed = c.delete(k).await.unwrap();
+                if let Some(p) = before {
+                    assert_eq!(existed, p, "step {step} (seed {seed}): delete({k})");
+                }
+                *m = Modeled::default();
+                "delete"
+            }
+            3 => {
+                let touched = c.touch(k, Ttl::secs(ttl_s)).await.unwrap();
+                if let Some(p) = before {
+                    assert_eq!(touched, p, "step {step} (seed {seed}): touch({k})");
+                }
+                if touched {
+                    let until = (ttl_s == 1).then(|| t0 + Duration::from_secs(1));
+                    m.hard = until;
+                    m.soft = m.soft.and(until);
+                }
+                "touch"
+            }
+            4 if counter => {
+                let r = c.incr(k, 1).await;
+                match (before, r) {
+                    (Some(true), Ok(n)) => {
+                        let want: i64 = m.value.as_deref().unwrap().parse::<i64>().unwrap() + 1;
+                        assert_eq!(n, want, "step {step} (seed {seed}): incr({k})");
+                        m.value = Some(n.to_string());
+                    }
+                    (Some(false), Err(Error::NotFound { .. })) => {}
+                    (None, Ok(n)) => m.value = Some(n.to_string()),
+                    (None, Err(Error::NotFound { .. })) => *m = Modeled::default(),
+                    (p, r) => {
+                        panic!("step {step} (seed {seed}): incr({k}) with present={p:?}: {r:?}")
+                    }
+                }
+                "incr"
+            }
+            4 | 5 => {
+                let f = fresh.clone();
+                let got: String = if counter {
+                    c.get_or_compute_with(k, &gc_opts, move || async move {
+                        Ok::<_, Error>(f.parse::<i64>().unwrap())
+                    })
+                    .await
+                    .unwrap()
+                    .to_string()
+                } else {
+                    c.get_or_compute_with(k, &gc_opts, move || async move { Ok::<_, Error>(f) })
+                        .await
+                        .unwrap()
+                };
+                let stale = m.stale_window_at(t0, margin);
+                let now = Instant::now();
+                let computed = if counter {
+                    // Integers are stored bare, with the fresh TTL.
+                    Modeled::written(fresh.clone(), Some(now + Duration::from_secs(1)), None)
+                } else {
+                    Modeled::written(
+                        fresh.clone(),
+                        Some(now + Duration::from_secs(3)),
+                        Some(now + Duration::from_secs(1)),
+                    )
+                };
+                match before {
+                    Some(true) => assert_eq!(
+                        Some(&got),
+                        m.value.as_ref(),
+                        "step {step} (seed {seed}): get_or_compute({k}) of a present entry"
+                    ),
+                    Some(false) if stale => {
+                        assert_eq!(
+                            Some(&got),
+                            m.value.as_ref(),
+                            "step {step} (seed {seed}): get_or_compute({k}) in the stale window serves stale"
+                        );
+                        // Refreshed in the background, landing soon.
+                        *m = computed;
+                        m.settled = Some(now + margin + Duration::from_millis(300));
+                    }
+                    Some(false) => {
+                        assert_eq!(
+                            got, fresh,
+                            "step {step} (seed {seed}): get_or_compute({k}) of an absent entry"
+                        );
+                        *m = computed;
+                        m.settled = Some(now + Duration::from_millis(50));
+                    }
+                    None if got == fresh => {
+                        *m = computed;
+                        m.settled = Some(now + Duration::from_millis(50));
+                    }
+                    // Served what was there; perhaps refreshing it.
+                    None => m.unknown = true,
+                }
+                "get_or_compute"
+            }
+            _ => {
+                tokio::time::sleep(Duration::from_millis(rng.u64(300..900))).await;
+                "sleep"
+            }
+        };
+        // The rule, after every step, for every key the model is sure of.
+        let t = Instant::now();
+        for (j, key) in keys.iter().enumerate() {
+            let Some(present) = model[j].present_at(t, margin) else {
+                continue;
+            };
+            let got: Option<String> = if j < 2 {
+                c.get::<i64>(key).await.unwrap().map(|n| n.to_string())
+            } else {
+                c.get::<String>(key).await.unwrap()
+            };
+            let has = c.has_key(key).await.unwrap();
+            if model[j].present_at(Instant::now(), margin) != Some(present) {
+                continue;
+            }
+            let want = present.then(|| model[j].value.clone()).flatten();
+            assert_eq!(
+                got, want,
+                "step {step} ({what} on {k}, seed {seed}): get({key})"
+            );
+            assert_eq!(
+                has, present,
+                "step {step} ({what} on {k}, seed {seed}): has_key({key}) disagrees with get"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 100,
+        "only {checked} checks were certain enough to make"
+    );
+}
+
 /// Callers in two "processes" (caches with their own single-flight) share
 /// one computation through the backend's lease; without leases, one per
 /// process.
@@ -1860,6 +2134,7 @@ macro_rules! __for_each_storing_case {
             stale_set_after_delete_is_dropped, stale_set_after_write_is_dropped,
             stale_refresh_after_delete_is_dropped, refresh_outliving_its_stale_entry_is_stored,
             stale_window_is_absent_to_plain_calls, unreadable_types_fail_loudly,
+            model_of_presence_agrees,
             lease_one_computation_across_caches,
             lease_loser_serves_stale, lease_holder_crash_is_bounded, lease_protocol,
             stale_while_revalidate_refreshes_once, stale_if_error_serves_stale,
