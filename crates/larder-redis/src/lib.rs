@@ -41,9 +41,10 @@
 #![warn(missing_docs)]
 
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use futures_util::future::try_join_all;
+use futures_util::future::{try_join_all, BoxFuture};
 use larder_core::{
     async_trait, lease_key, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry,
     LeaseGrant, LeaseToken, Result,
@@ -109,10 +110,87 @@ enum Conn {
     Cluster(ClusterConnection),
 }
 
+/// How often a backend whose server is unreachable tries to connect;
+/// calls in between fail at once.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+
+type Connector = Box<dyn Fn() -> BoxFuture<'static, Result<Conn>> + Send + Sync>;
+
+/// The connection, made on first use when the server was unreachable at
+/// start (so a service restarted during an outage can build its cache),
+/// and again after [`close`](larder_core::Backend::close). At most one
+/// attempt at a time, and at most one per [`RECONNECT_EVERY`]: meanwhile
+/// calls fail fast with the last attempt's error.
+struct Link {
+    cluster: bool,
+    conn: std::sync::RwLock<Option<Conn>>,
+    connecting: tokio::sync::Mutex<()>,
+    last_failure: std::sync::Mutex<Option<(Instant, String)>>,
+    connect: Connector,
+}
+
+impl Link {
+    fn current(&self) -> Option<Conn> {
+        self.conn.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    async fn get(&self) -> Result<Conn> {
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        let recent = |l: &Self| {
+            l.last_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .filter(|(at, _)| at.elapsed() < RECONNECT_EVERY)
+                .map(|(_, why)| why.clone())
+        };
+        if let Some(why) = recent(self) {
+            return Err(Error::backend(NAME, format!("not connected: {why}")));
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.current() {
+            return Ok(c);
+        }
+        if let Some(why) = recent(self) {
+            return Err(Error::backend(NAME, format!("not connected: {why}")));
+        }
+        match (self.connect)().await {
+            Ok(c) => {
+                *self.conn.write().unwrap_or_else(|p| p.into_inner()) = Some(c.clone());
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                tracing::info!("redis: connected");
+                Ok(c)
+            }
+            Err(e) => {
+                *self.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Whether a failed first connection means "server unreachable" (connect
+/// later) rather than a configuration the server refused (an error now).
+fn unreachable(e: &Error) -> bool {
+    match e {
+        Error::Timeout { .. } => true,
+        Error::Backend { source, .. } => source.downcast_ref::<RedisError>().is_some_and(|r| {
+            r.is_io_error()
+                || r.is_connection_refusal()
+                || r.is_timeout()
+                || r.is_connection_dropped()
+        }),
+        _ => false,
+    }
+}
+
 /// A cache backend on one Redis server or a Redis Cluster.
 #[derive(Clone)]
 pub struct RedisBackend {
-    conn: Conn,
+    link: Arc<Link>,
     deadline: Duration,
     /// Node URLs to scan for `clear` (every master of a cluster, or the server).
     credentials: Credentials,
@@ -136,11 +214,13 @@ impl std::fmt::Debug for RedisBackend {
         f.debug_struct("RedisBackend")
             .field(
                 "mode",
-                &match self.conn {
-                    Conn::Single(_) => "single",
-                    Conn::Cluster(_) => "cluster",
+                &if self.link.cluster {
+                    "cluster"
+                } else {
+                    "single"
                 },
             )
+            .field("connected", &self.link.current().is_some())
             .field("deadline", &self.deadline)
             .finish()
     }
@@ -229,9 +309,16 @@ impl RedisBackend {
                 // One plain connection first: the manager retries a failed
                 // handshake until the deadline, which would turn a wrong
                 // password into a timeout instead of the server's answer.
-                with_deadline(deadline, client.get_multiplexed_async_connection()).await?;
-                let conn = with_deadline(deadline, client.get_connection_manager()).await?;
-                Ok(Self::new(Conn::Single(conn), deadline, credentials))
+                let probe =
+                    with_deadline(deadline, client.get_multiplexed_async_connection()).await;
+                let connect: Connector = Box::new(move || {
+                    let client = client.clone();
+                    Box::pin(async move {
+                        let conn = with_deadline(deadline, client.get_connection_manager()).await?;
+                        Ok(Conn::Single(conn))
+                    })
+                });
+                Self::start(probe.map(|_| ()), connect, false, deadline, credentials).await
             }
             "redis+cluster" | "rediss+cluster" => {
                 if !url.path().is_empty() && url.path() != "/" && url.path() != "/0" {
@@ -251,16 +338,54 @@ impl RedisBackend {
                 let client = tls_support::cluster_client(nodes, tls_ca).map_err(|e| {
                     Error::config(format!("invalid Redis Cluster URL {:?}: {e}", url.as_str()))
                 })?;
-                let conn = with_deadline(deadline, client.get_async_connection()).await?;
-                Ok(Self::new(Conn::Cluster(conn), deadline, credentials))
+                let client = Arc::new(client);
+                let connect: Connector = Box::new(move || {
+                    let client = client.clone();
+                    Box::pin(async move {
+                        let conn = with_deadline(deadline, client.get_async_connection()).await?;
+                        Ok(Conn::Cluster(conn))
+                    })
+                });
+                Self::start(Ok(()), connect, true, deadline, credentials).await
             }
             other => Err(Error::config(format!("not a Redis URL scheme: {other}"))),
         }
     }
 
-    fn new(conn: Conn, deadline: Duration, credentials: Credentials) -> Self {
+    /// Connects now, or, when the server is unreachable, on first use.
+    async fn start(
+        probe: Result<()>,
+        connect: Connector,
+        cluster: bool,
+        deadline: Duration,
+        credentials: Credentials,
+    ) -> Result<Self> {
+        let link = Arc::new(Link {
+            cluster,
+            conn: std::sync::RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            last_failure: std::sync::Mutex::new(None),
+            connect,
+        });
+        let first = match probe {
+            Ok(()) => link.get().await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match first {
+            Ok(()) => {}
+            Err(e) if unreachable(&e) => {
+                tracing::warn!(error = %e, "redis: server unreachable; the cache starts disconnected and connects when it can");
+                *link.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((Instant::now(), e.to_string()));
+            }
+            Err(e) => return Err(e),
+        }
+        Ok(Self::new(link, deadline, credentials))
+    }
+
+    fn new(link: Arc<Link>, deadline: Duration, credentials: Credentials) -> Self {
         RedisBackend {
-            conn,
+            link,
             deadline,
             credentials,
             incr: Script::new(INCR_SCRIPT),
@@ -273,14 +398,15 @@ impl RedisBackend {
 
     /// True when connected to a Redis Cluster.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.conn, Conn::Cluster(_))
+        self.link.cluster
     }
 
     async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> Result<T> {
+        let conn = self.link.get().await?;
         let fut = async {
-            match &self.conn {
-                Conn::Single(c) => cmd.query_async(&mut c.clone()).await,
-                Conn::Cluster(c) => cmd.query_async(&mut c.clone()).await,
+            match conn {
+                Conn::Single(mut c) => cmd.query_async(&mut c).await,
+                Conn::Cluster(mut c) => cmd.query_async(&mut c).await,
             }
         };
         with_deadline(self.deadline, fut).await
@@ -293,10 +419,11 @@ impl RedisBackend {
     }
 
     async fn invoke<T: FromRedisValue>(&self, inv: &redis::ScriptInvocation<'_>) -> Result<T> {
+        let conn = self.link.get().await?;
         let fut = async {
-            match &self.conn {
-                Conn::Single(c) => inv.invoke_async(&mut c.clone()).await,
-                Conn::Cluster(c) => inv.invoke_async(&mut c.clone()).await,
+            match conn {
+                Conn::Single(mut c) => inv.invoke_async(&mut c).await,
+                Conn::Cluster(mut c) => inv.invoke_async(&mut c).await,
             }
         };
         with_deadline(self.deadline, fut).await
@@ -304,8 +431,8 @@ impl RedisBackend {
 
     /// The connections `clear` scans: the server, or every cluster master.
     async fn scan_targets(&self) -> Result<Vec<ConnectionManager>> {
-        match &self.conn {
-            Conn::Single(c) => Ok(vec![c.clone()]),
+        match self.link.get().await? {
+            Conn::Single(c) => Ok(vec![c]),
             Conn::Cluster(_) => {
                 let nodes: String = self.query(redis::cmd("CLUSTER").arg("NODES")).await?;
                 let mut out = Vec::new();
@@ -529,6 +656,18 @@ impl Backend for RedisBackend {
         Ok(self.invoke::<i64>(&inv).await? == 1)
     }
 
+    /// Drops the connection; the next call connects again (as on every
+    /// backend, a closed cache stays usable).
+    async fn close(&self) -> Result<()> {
+        *self.link.conn.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *self
+            .link
+            .last_failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+        Ok(())
+    }
+
     async fn lease_release(&self, key: &str, lease: &LeaseToken) -> Result<()> {
         let lk = redis_lease_key(key, self.is_cluster());
         let mut inv = self.release.key(&lk);
@@ -569,13 +708,13 @@ impl Backend for RedisBackend {
             // An empty pipeline is an error on the server ("empty command").
             return Ok(Vec::new());
         }
-        match &self.conn {
-            Conn::Single(c) => {
+        match self.link.get().await? {
+            Conn::Single(mut c) => {
                 let mut pipe = redis::pipe();
                 for (k, v) in entries {
                     pipe.add_command(set_cmd(k, v, ttl)).ignore();
                 }
-                with_deadline(self.deadline, pipe.query_async::<()>(&mut c.clone())).await?;
+                with_deadline(self.deadline, pipe.query_async::<()>(&mut c)).await?;
             }
             // Keys of a batch live in many slots; the cluster connection
             // pipelines concurrent commands per node on its own.

@@ -215,7 +215,13 @@ pub struct SqlBackend {
 }
 
 struct Inner {
-    pool: AnyPool,
+    /// Replaced by a fresh lazy pool on `close`, so a closed cache stays
+    /// usable (sqlx pools cannot reopen).
+    pool: std::sync::RwLock<AnyPool>,
+    url: String,
+    /// False while the configured table creation has not happened yet (the
+    /// database was unreachable at start): the next call tries it.
+    table_ready: std::sync::atomic::AtomicBool,
     dialect: Dialect,
     config: SqlConfig,
     sql: Sql,
@@ -282,6 +288,24 @@ fn valid_table(name: &str) -> bool {
         && !name.starts_with(|c: char| c.is_ascii_digit())
 }
 
+/// A pool that connects on first use.
+fn lazy_pool(url: &str, config: &SqlConfig) -> Result<AnyPool> {
+    AnyPoolOptions::new()
+        .max_connections(config.max_connections.max(1))
+        .acquire_timeout(config.deadline)
+        .connect_lazy(url)
+        .map_err(db_err)
+}
+
+/// Whether a failed connection means "database unreachable" rather than
+/// a configuration it refused.
+fn unreachable(e: &sqlx::Error) -> bool {
+    matches!(
+        e,
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
+    )
+}
+
 impl SqlBackend {
     /// Connects to `database_url` (any sqlx URL of the three databases).
     pub async fn connect(database_url: &str, config: SqlConfig) -> Result<Self> {
@@ -305,32 +329,55 @@ impl SqlBackend {
             )));
         }
         let url = database_url.to_owned();
-        let pool = tokio::time::timeout(
-            config.deadline.max(Duration::from_secs(5)),
-            AnyPoolOptions::new()
-                .max_connections(config.max_connections.max(1))
-                .acquire_timeout(config.deadline)
-                .connect(&url),
-        )
-        .await
-        .map_err(|_| Error::Timeout {
-            backend: NAME,
-            after: config.deadline,
-        })?
-        .map_err(db_err)?;
+        let pool = lazy_pool(&url, &config)?;
+        // One connection now: a database that refuses us (password, unknown
+        // database) is an error at once; one that is unreachable is not, so
+        // a service restarted during an outage can still build its cache.
+        let probe =
+            match tokio::time::timeout(config.deadline.max(Duration::from_secs(5)), pool.acquire())
+                .await
+            {
+                Ok(Ok(_conn)) => Ok(()),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(sqlx::Error::PoolTimedOut),
+            };
         let backend = SqlBackend {
             inner: Arc::new(Inner {
                 sql: Sql::new(dialect, &config.table),
-                pool,
+                pool: std::sync::RwLock::new(pool),
+                url,
+                table_ready: std::sync::atomic::AtomicBool::new(!config.create_table),
                 dialect,
                 config,
                 writes: AtomicU64::new(0),
             }),
         };
-        if backend.inner.config.create_table {
-            backend.create_table().await?;
+        match probe {
+            Ok(()) => backend.ensure_table().await?,
+            Err(e) if unreachable(&e) => {
+                tracing::warn!(error = %e, "sql cache: database unreachable; the cache starts disconnected and connects when it can");
+            }
+            Err(e) => return Err(db_err(e)),
         }
         Ok(backend)
+    }
+
+    fn pool(&self) -> AnyPool {
+        self.inner
+            .pool
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Creates the table if that is configured and has not happened yet.
+    async fn ensure_table(&self) -> Result<()> {
+        if self.inner.table_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.create_table().await?;
+        self.inner.table_ready.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// From a cache URL: takes `table`, `create_table`, `cull_every`,
@@ -368,12 +415,12 @@ impl SqlBackend {
     /// `createcachetable`; idempotent).
     pub async fn create_table(&self) -> Result<()> {
         for stmt in create_table_sql(self.inner.dialect, &self.inner.config.table) {
-            if let Err(first) = self.run(sqlx::query(&stmt).execute(&self.inner.pool)).await {
+            if let Err(first) = self.run_raw(sqlx::query(&stmt).execute(&self.pool())).await {
                 // Two processes creating the table at once can make
                 // PostgreSQL's IF NOT EXISTS fail on its catalog; if the
                 // statement now succeeds, the other one won.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                self.run(sqlx::query(&stmt).execute(&self.inner.pool))
+                self.run_raw(sqlx::query(&stmt).execute(&self.pool()))
                     .await
                     .map_err(|_| first)?;
             }
@@ -392,13 +439,23 @@ impl SqlBackend {
             .run(
                 sqlx::query(&self.inner.sql.cull)
                     .bind(now_ms())
-                    .execute(&self.inner.pool),
+                    .execute(&self.pool()),
             )
             .await?;
         Ok(r.rows_affected())
     }
 
     async fn run<T>(
+        &self,
+        fut: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T> {
+        if !self.inner.table_ready.load(Ordering::Acquire) {
+            Box::pin(self.ensure_table()).await?;
+        }
+        self.run_raw(fut).await
+    }
+
+    async fn run_raw<T>(
         &self,
         fut: impl std::future::Future<Output = Result<T, sqlx::Error>>,
     ) -> Result<T> {
@@ -432,7 +489,7 @@ impl SqlBackend {
                 sqlx::query(&self.inner.sql.read_for_cas)
                     .bind(key)
                     .bind(now_ms())
-                    .fetch_optional(&self.inner.pool),
+                    .fetch_optional(&self.pool()),
             )
             .await?;
         let Some(row) = row else {
@@ -481,7 +538,7 @@ impl SqlBackend {
                     .bind(delta)
                     .bind(key)
                     .bind(now_ms())
-                    .fetch_optional(&self.inner.pool),
+                    .fetch_optional(&self.pool()),
             )
             .await
             .map_err(|e| Self::overflow_or(key, e))?;
@@ -502,7 +559,7 @@ impl SqlBackend {
             self.inner.config.table
         );
         let work = async {
-            let mut conn = self.inner.pool.acquire().await?;
+            let mut conn = self.pool().acquire().await?;
             let r = sqlx::query(&update)
                 .bind(delta)
                 .bind(key)
@@ -574,7 +631,7 @@ impl Backend for SqlBackend {
         let sql = &self.inner.sql;
         let lk = lease_key(key);
         let work = async {
-            let mut tx = self.inner.pool.begin().await?;
+            let mut tx = self.pool().begin().await?;
             let now = now_ms();
             let taken = sqlx::query(&sql.lease_take)
                 .bind(&lk)
@@ -617,7 +674,7 @@ impl Backend for SqlBackend {
                 .bind(lease_key(key))
                 .bind(lease.id_hex().into_bytes())
                 .bind(now_ms())
-                .execute(&self.inner.pool),
+                .execute(&self.pool()),
         )
         .await?;
         Ok(())
@@ -629,7 +686,7 @@ impl Backend for SqlBackend {
                 sqlx::query(&self.inner.sql.get)
                     .bind(key)
                     .bind(now_ms())
-                    .fetch_optional(&self.inner.pool),
+                    .fetch_optional(&self.pool()),
             )
             .await?;
         row.map(|r| Self::bytes(&r)).transpose()
@@ -650,9 +707,7 @@ impl Backend for SqlBackend {
         for k in keys {
             q = q.bind(*k);
         }
-        let rows = self
-            .run(q.bind(now_ms()).fetch_all(&self.inner.pool))
-            .await?;
+        let rows = self.run(q.bind(now_ms()).fetch_all(&self.pool())).await?;
         let mut out = vec![None; keys.len()];
         for row in rows {
             // MySQL returns VARBINARY keys as bytes.
@@ -677,7 +732,7 @@ impl Backend for SqlBackend {
                 sqlx::query(&self.inner.sql.has)
                     .bind(key)
                     .bind(now_ms())
-                    .fetch_optional(&self.inner.pool),
+                    .fetch_optional(&self.pool()),
             )
             .await?;
         Ok(row.is_some())
@@ -689,7 +744,7 @@ impl Backend for SqlBackend {
                 .bind(key)
                 .bind(value.to_vec())
                 .bind(expires(ttl))
-                .execute(&self.inner.pool),
+                .execute(&self.pool()),
         )
         .await?;
         self.after_write(1).await;
@@ -737,13 +792,13 @@ impl Backend for SqlBackend {
         for (k, v) in entries {
             q = q.bind(*k).bind(v.to_vec()).bind(e);
         }
-        self.run(q.execute(&self.inner.pool)).await?;
+        self.run(q.execute(&self.pool())).await?;
         self.after_write(entries.len() as u64).await;
         Ok(Vec::new())
     }
 
     async fn add(&self, key: &str, value: Bytes, ttl: Expiry) -> Result<bool> {
-        let pool = &self.inner.pool;
+        let pool = &self.pool();
         self.run(
             sqlx::query(&self.inner.sql.delete_expired_one)
                 .bind(key)
@@ -772,14 +827,14 @@ impl Backend for SqlBackend {
         self.run(
             sqlx::query(&self.inner.sql.delete_lease)
                 .bind(lease_key(key))
-                .execute(&self.inner.pool),
+                .execute(&self.pool()),
         )
         .await?;
         let rows = self
             .run(
                 sqlx::query(&self.inner.sql.delete_returning)
                     .bind(key)
-                    .fetch_all(&self.inner.pool),
+                    .fetch_all(&self.pool()),
             )
             .await?;
         let now = now_ms();
@@ -805,13 +860,13 @@ impl Backend for SqlBackend {
         for k in keys {
             leases = leases.bind(lease_key(k));
         }
-        self.run(leases.execute(&self.inner.pool)).await?;
+        self.run(leases.execute(&self.pool())).await?;
         let sql = format!("{in_list} RETURNING expires_ms");
         let mut q = sqlx::query(&sql);
         for k in keys {
             q = q.bind(*k);
         }
-        let rows = self.run(q.fetch_all(&self.inner.pool)).await?;
+        let rows = self.run(q.fetch_all(&self.pool())).await?;
         let now = now_ms();
         Ok(rows
             .iter()
@@ -840,7 +895,7 @@ impl Backend for SqlBackend {
                     .bind(expires(ttl))
                     .bind(key)
                     .bind(now_ms())
-                    .execute(&self.inner.pool),
+                    .execute(&self.pool()),
             )
             .await?;
         if r.rows_affected() > 0 {
@@ -860,13 +915,13 @@ impl Backend for SqlBackend {
             match scope {
                 ClearScope::All => {
                     sqlx::query(&self.inner.sql.clear_all)
-                        .execute(&self.inner.pool)
+                        .execute(&self.pool())
                         .await
                 }
                 ClearScope::Prefix(p) => {
                     sqlx::query(&self.inner.sql.clear_prefix)
                         .bind(like_prefix(p))
-                        .execute(&self.inner.pool)
+                        .execute(&self.pool())
                         .await
                 }
             }
@@ -880,8 +935,15 @@ impl Backend for SqlBackend {
         }
     }
 
+    /// Closes the pool's connections; the next call opens new ones (as on
+    /// every backend, a closed cache stays usable).
     async fn close(&self) -> Result<()> {
-        self.inner.pool.close().await;
+        let fresh = lazy_pool(&self.inner.url, &self.inner.config)?;
+        let old = std::mem::replace(
+            &mut *self.inner.pool.write().unwrap_or_else(|p| p.into_inner()),
+            fresh,
+        );
+        old.close().await;
         Ok(())
     }
 }
