@@ -560,6 +560,9 @@ impl Cache {
     }
 
     fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes> {
+        if self.inner.envelope.codec == Codec::Postcard {
+            envelope::check_postcard_readable::<T>()?;
+        }
         let bytes = envelope::encode(value, &self.inner.envelope, None)?;
         self.check_size(&bytes)?;
         Ok(bytes)
