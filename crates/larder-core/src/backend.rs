@@ -493,7 +493,9 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
-    /// Releases connections and files. The backend may not be used afterwards.
+    /// Releases connections and files. The backend stays usable: the next
+    /// call opens what it needs again (the same on every backend, as
+    /// Django's `close()` between requests).
     async fn close(&self) -> Result<()> {
         Ok(())
     }

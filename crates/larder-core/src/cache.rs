@@ -1233,7 +1233,8 @@ impl Cache {
         self.incr_version(key, neg).await
     }
 
-    /// Closes the backend.
+    /// Releases the backend's connections and files; the cache stays
+    /// usable and reconnects on its next call, on every backend.
     pub async fn close(&self) -> Result<()> {
         self.inner.backend.close().await
     }

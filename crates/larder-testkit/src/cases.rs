@@ -1805,6 +1805,23 @@ pub async fn model_of_presence_agrees(ctx: &Ctx) {
     );
 }
 
+/// `close()` releases connections and leaves the cache usable, the same
+/// on every backend (PostgreSQL and MariaDB caches used to fail forever).
+pub async fn usable_after_close(ctx: &Ctx) {
+    let c = ctx.cache();
+    c.set("k", "v", LONG).await.unwrap();
+    c.close().await.unwrap();
+    assert_eq!(
+        c.get::<String>("k").await.unwrap().as_deref(),
+        Some("v"),
+        "unusable after close()"
+    );
+    c.set("k2", "w", LONG).await.unwrap();
+    c.close().await.unwrap();
+    c.close().await.unwrap();
+    assert_eq!(c.get::<String>("k2").await.unwrap().as_deref(), Some("w"));
+}
+
 /// Callers in two "processes" (caches with their own single-flight) share
 /// one computation through the backend's lease; without leases, one per
 /// process.
@@ -2134,7 +2151,7 @@ macro_rules! __for_each_storing_case {
             stale_set_after_delete_is_dropped, stale_set_after_write_is_dropped,
             stale_refresh_after_delete_is_dropped, refresh_outliving_its_stale_entry_is_stored,
             stale_window_is_absent_to_plain_calls, unreadable_types_fail_loudly,
-            model_of_presence_agrees,
+            model_of_presence_agrees, usable_after_close,
             lease_one_computation_across_caches,
             lease_loser_serves_stale, lease_holder_crash_is_bounded, lease_protocol,
             stale_while_revalidate_refreshes_once, stale_if_error_serves_stale,
