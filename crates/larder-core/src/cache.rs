@@ -963,16 +963,7 @@ impl Cache {
         &self,
         keys: &[K],
     ) -> Result<HashMap<String, T>> {
-        if keys.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let skeys = keys
-            .iter()
-            .map(|k| self.make_key(k.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&str> = skeys.iter().map(String::as_str).collect();
-        let raw = self.call(self.inner.backend.get_many(&refs)).await;
-        let raw = self.read_result("(get_many)", raw, || vec![None; refs.len()])?;
+        let raw = self.get_many_raw(keys).await?;
         let mut out = HashMap::with_capacity(raw.len());
         for (key, slot) in keys.iter().zip(raw) {
             match slot {
@@ -1002,7 +993,7 @@ impl Cache {
             .collect::<Result<Vec<_>>>()?;
         let refs: Vec<&str> = skeys.iter().map(String::as_str).collect();
         let raw = self.call(self.inner.backend.get_many(&refs)).await;
-        self.read_result("(get_many_raw)", raw, || vec![None; refs.len()])
+        self.read_result("(get_many)", raw, || vec![None; refs.len()])
     }
 
     /// Stores several values with one TTL, in one backend operation where the

@@ -177,14 +177,45 @@ impl Link {
 fn unreachable(e: &Error) -> bool {
     match e {
         Error::Timeout { .. } => true,
-        Error::Backend { source, .. } => source.downcast_ref::<RedisError>().is_some_and(|r| {
-            r.is_io_error()
-                || r.is_connection_refusal()
-                || r.is_timeout()
-                || r.is_connection_dropped()
-        }),
+        Error::Backend { source, .. } => {
+            let Some(r) = source.downcast_ref::<RedisError>() else {
+                return false;
+            };
+            if r.is_connection_refusal() || r.is_timeout() {
+                return true;
+            }
+            // An I/O error is "unreachable" only for the network's kinds: a
+            // TLS handshake refusing the server's certificate is an I/O
+            // error too, and a configuration error.
+            let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(r);
+            while let Some(c) = cause {
+                if let Some(io) = c.downcast_ref::<std::io::Error>() {
+                    return network_kind(io.kind());
+                }
+                cause = c.source();
+            }
+            false
+        }
         _ => false,
     }
+}
+
+fn network_kind(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | NotConnected
+            | AddrNotAvailable
+            | HostUnreachable
+            | NetworkUnreachable
+            | NetworkDown
+            | TimedOut
+            | BrokenPipe
+            | UnexpectedEof
+    )
 }
 
 /// A cache backend on one Redis server or a Redis Cluster.

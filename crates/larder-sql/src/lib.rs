@@ -297,13 +297,30 @@ fn lazy_pool(url: &str, config: &SqlConfig) -> Result<AnyPool> {
         .map_err(db_err)
 }
 
-/// Whether a failed connection means "database unreachable" rather than
-/// a configuration it refused.
+/// Whether a failed connection means "database unreachable" (the
+/// network's kinds of I/O error, or no connection within the deadline)
+/// rather than a configuration it refused.
 fn unreachable(e: &sqlx::Error) -> bool {
-    matches!(
-        e,
-        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Tls(_)
-    )
+    use std::io::ErrorKind::*;
+    match e {
+        sqlx::Error::PoolTimedOut => true,
+        // Not TLS errors: a refused certificate is a configuration error.
+        sqlx::Error::Io(io) => matches!(
+            io.kind(),
+            ConnectionRefused
+                | ConnectionReset
+                | ConnectionAborted
+                | NotConnected
+                | AddrNotAvailable
+                | HostUnreachable
+                | NetworkUnreachable
+                | NetworkDown
+                | TimedOut
+                | BrokenPipe
+                | UnexpectedEof
+        ),
+        _ => false,
+    }
 }
 
 impl SqlBackend {
