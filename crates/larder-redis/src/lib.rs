@@ -172,6 +172,24 @@ impl Link {
     }
 }
 
+/// Retries the first connection in the background, with a backoff from
+/// [`RECONNECT_EVERY`] to 10 s, until it is made (by this task or by a
+/// call) or the backend is dropped: so the cache is connected when traffic
+/// comes, not at its first request.
+fn reconnect_in_background(link: std::sync::Weak<Link>) {
+    tokio::spawn(async move {
+        let mut delay = RECONNECT_EVERY;
+        loop {
+            tokio::time::sleep(delay).await;
+            let Some(link) = link.upgrade() else { return };
+            if link.current().is_some() || link.get().await.is_ok() {
+                return;
+            }
+            delay = (delay * 2).min(Duration::from_secs(10));
+        }
+    });
+}
+
 /// Whether a failed first connection means "server unreachable" (connect
 /// later) rather than a configuration the server refused (an error now).
 fn unreachable(e: &Error) -> bool {
@@ -408,6 +426,7 @@ impl RedisBackend {
                 tracing::warn!(error = %e, "redis: server unreachable; the cache starts disconnected and connects when it can");
                 *link.last_failure.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some((Instant::now(), e.to_string()));
+                reconnect_in_background(Arc::downgrade(&link));
             }
             Err(e) => return Err(e),
         }

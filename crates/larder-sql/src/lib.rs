@@ -373,6 +373,7 @@ impl SqlBackend {
             Ok(()) => backend.ensure_table().await?,
             Err(e) if unreachable(&e) => {
                 tracing::warn!(error = %e, "sql cache: database unreachable; the cache starts disconnected and connects when it can");
+                backend.connect_in_background();
             }
             Err(e) => return Err(db_err(e)),
         }
@@ -385,6 +386,31 @@ impl SqlBackend {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Retries connecting (and creating the table) in the background, with
+    /// a backoff from 500 ms to 10 s, until it works or the backend is
+    /// dropped: the pool then holds a connection when traffic comes.
+    fn connect_in_background(&self) {
+        let inner = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(500);
+            loop {
+                tokio::time::sleep(delay).await;
+                let Some(inner) = inner.upgrade() else { return };
+                let backend = SqlBackend { inner };
+                let pool = backend.pool();
+                if let Ok(Ok(_conn)) =
+                    tokio::time::timeout(backend.inner.config.deadline, pool.acquire()).await
+                {
+                    if backend.ensure_table().await.is_ok() {
+                        tracing::info!("sql cache: connected");
+                        return;
+                    }
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        });
     }
 
     /// Creates the table if that is configured and has not happened yet.

@@ -17,14 +17,16 @@ async fn free_port() -> u16 {
     l.local_addr().unwrap().port()
 }
 
-/// Forwards connections on `port` to `target` from now on.
-async fn bring_up(port: u16, target: &'static str) -> tokio::task::JoinHandle<()> {
+/// Forwards connections on `port` to `target` from now on, counting them.
+async fn bring_up(
+    port: u16,
+    target: &'static str,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
     let l = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
     tokio::spawn(async move {
-        loop {
-            let Ok((mut client, _)) = l.accept().await else {
-                return;
-            };
+        while let Ok((mut client, _)) = l.accept().await {
+            accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             tokio::spawn(async move {
                 if let Ok(mut server) = TcpStream::connect(target).await {
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
@@ -34,7 +36,13 @@ async fn bring_up(port: u16, target: &'static str) -> tokio::task::JoinHandle<()
     })
 }
 
-async fn starts_down_then_works(name: &str, url: String, target: &'static str, port: u16) {
+async fn starts_down_then_works(
+    name: &str,
+    url: String,
+    target: &'static str,
+    port: u16,
+    connects_by_itself: bool,
+) {
     let t = Instant::now();
     let cache = Cache::from_url(&url)
         .await
@@ -52,7 +60,19 @@ async fn starts_down_then_works(name: &str, url: String, target: &'static str, p
         "{name}: a read while down took {:?}",
         t.elapsed()
     );
-    let forwarder = bring_up(port, target).await;
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let forwarder = bring_up(port, target, accepted.clone()).await;
+    if connects_by_itself {
+        // No call meanwhile: the cache reconnects in the background.
+        let until = Instant::now() + Duration::from_secs(15);
+        while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            accepted.load(std::sync::atomic::Ordering::SeqCst) > 0,
+            "{name}: did not reconnect in the background"
+        );
+    }
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         match cache.set("k", "v", Ttl::secs(60)).await {
@@ -89,6 +109,7 @@ async fn network_backends_start_with_their_server_down() {
         format!("redis://127.0.0.1:{p}?key_prefix=down{id}"),
         "127.0.0.1:6379",
         p,
+        true,
     )
     .await;
     let p = free_port().await;
@@ -99,6 +120,7 @@ async fn network_backends_start_with_their_server_down() {
         ),
         "127.0.0.1:5432",
         p,
+        true,
     )
     .await;
     let p = free_port().await;
@@ -107,6 +129,7 @@ async fn network_backends_start_with_their_server_down() {
         format!("mysql://root@127.0.0.1:{p}/test?key_prefix=down{id}&table=larder_down_{id}"),
         "127.0.0.1:3306",
         p,
+        true,
     )
     .await;
     let p = free_port().await;
@@ -115,6 +138,7 @@ async fn network_backends_start_with_their_server_down() {
         format!("memcached://127.0.0.1:{p}?key_prefix=down{id}"),
         "127.0.0.1:21211",
         p,
+        false,
     )
     .await;
 }
