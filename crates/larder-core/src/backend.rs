@@ -260,6 +260,18 @@ pub enum ClearScope<'a> {
     Prefix(&'a str),
 }
 
+/// The slot of `key` among `slots` (at least 1): FNV-1a, for short keys,
+/// no allocation and a good enough spread. The one hash behind every
+/// by-key slot table here (write generations, near-cache epochs, the
+/// decoded memo).
+pub(crate) fn slot_of(key: &str, slots: usize) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes() {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (h % slots.max(1) as u64) as usize
+}
+
 /// Write generations by hash of the storage key: stale-set protection for
 /// backends without leases.
 ///
@@ -303,12 +315,7 @@ impl WriteGenerations {
     }
 
     fn slot(&self, skey: &str) -> &std::sync::atomic::AtomicU64 {
-        // FNV-1a: short keys, no allocation, good enough spread.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in skey.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        &self.slots[(h % self.slots.len() as u64) as usize]
+        &self.slots[slot_of(skey, self.slots.len())]
     }
 
     /// Marks a write to `skey`.

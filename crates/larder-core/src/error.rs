@@ -154,3 +154,26 @@ impl Error {
         }
     }
 }
+
+/// Whether an I/O error of this kind means the server is unreachable (the
+/// network's failures: refused, reset, unreachable, timed out, …), as
+/// opposed to one it answered in a way we refuse (a TLS certificate, a
+/// protocol error). Backends use it to start disconnected rather than fail
+/// when their server is down at start.
+pub fn io_kind_means_unreachable(kind: std::io::ErrorKind) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(
+        kind,
+        ConnectionRefused
+            | ConnectionReset
+            | ConnectionAborted
+            | NotConnected
+            | AddrNotAvailable
+            | HostUnreachable
+            | NetworkUnreachable
+            | NetworkDown
+            | TimedOut
+            | BrokenPipe
+            | UnexpectedEof
+    )
+}

@@ -51,7 +51,7 @@ pub use cache::{
 pub use compute::{ComputeOptions, DEFAULT_LEASE_TTL};
 pub use dummy::DummyBackend;
 pub use envelope::Codec;
-pub use error::{Error, Result};
+pub use error::{io_kind_means_unreachable, Error, Result};
 pub use failure_log::{FailureLog, SUMMARY_INTERVAL};
 pub use key::{KeyFn, KeyPolicy, MAX_KEY_BYTES};
 pub use memo::DecodedMemo;

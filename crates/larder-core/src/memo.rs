@@ -48,11 +48,7 @@ impl<T> DecodedMemo<T> {
     }
 
     fn slot(&self, skey: &str) -> &Mutex<Option<Slot<T>>> {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in skey.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        &self.slots[(h % self.slots.len() as u64) as usize]
+        &self.slots[crate::backend::slot_of(skey, self.slots.len())]
     }
 
     /// The value decoded from exactly `raw`, and its soft expiry.

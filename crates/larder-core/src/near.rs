@@ -120,12 +120,11 @@ pub trait InvalidationBus: Send + Sync + 'static {
     async fn subscribe(&self, events: mpsc::UnboundedSender<BusEvent>) -> Result<()>;
 }
 
-/// Epoch slots, by hash of the key.
-const EPOCHS: usize = 1024;
-
 struct Shared {
     l1: Arc<dyn Backend>,
-    epochs: Box<[AtomicU64]>,
+    /// Epochs by hash of the key: bumped by every local write and every
+    /// invalidation, so a read that raced with one does not fill L1.
+    epochs: crate::backend::WriteGenerations,
     origin: u64,
     applied: AtomicU64,
     l1_hits: Counter,
@@ -135,22 +134,12 @@ struct Shared {
 }
 
 impl Shared {
-    fn slot(&self, key: &str) -> &AtomicU64 {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for b in key.bytes() {
-            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        &self.epochs[(h % EPOCHS as u64) as usize]
-    }
-
     fn bump(&self, key: &str) {
-        self.slot(key).fetch_add(1, Ordering::AcqRel);
+        self.epochs.bump(key);
     }
 
     fn bump_all(&self) {
-        for e in self.epochs.iter() {
-            e.fetch_add(1, Ordering::AcqRel);
-        }
+        self.epochs.bump_all();
     }
 
     async fn drop_local(&self, inv: &Invalidation) {
@@ -224,7 +213,7 @@ impl NearBuilder {
         let label = self.name;
         let shared = Arc::new(Shared {
             l1: self.l1,
-            epochs: (0..EPOCHS).map(|_| AtomicU64::new(0)).collect(),
+            epochs: crate::backend::WriteGenerations::new(),
             origin: fastrand::u64(..),
             applied: AtomicU64::new(0),
             l1_hits: metrics::counter!("larder_near_l1_hits_total", "cache" => label.clone()),
@@ -332,7 +321,7 @@ impl NearBackend {
 
     async fn fill_l1(&self, key: &str, epoch: u64, value: &Bytes) {
         // An invalidation that arrived while we read L2 wins.
-        if self.shared.slot(key).load(Ordering::Acquire) != epoch {
+        if self.shared.epochs.get(key) != epoch {
             return;
         }
         let exp = Expiry::After(self.l1_ttl);
@@ -377,7 +366,7 @@ impl Backend for NearBackend {
             return Ok(Some(v));
         }
         self.shared.l1_misses.increment(1);
-        let epoch = self.shared.slot(key).load(Ordering::Acquire);
+        let epoch = self.shared.epochs.get(key);
         let v = self.l2.get(key).await?;
         if let Some(v) = &v {
             self.fill_l1(key, epoch, v).await;
@@ -400,7 +389,7 @@ impl Backend for NearBackend {
         }
         let epochs: Vec<u64> = missing
             .iter()
-            .map(|&i| self.shared.slot(keys[i]).load(Ordering::Acquire))
+            .map(|&i| self.shared.epochs.get(keys[i]))
             .collect();
         let wanted: Vec<&str> = missing.iter().map(|&i| keys[i]).collect();
         let got = self.l2.get_many(&wanted).await?;

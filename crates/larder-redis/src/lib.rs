@@ -208,7 +208,7 @@ fn unreachable(e: &Error) -> bool {
             let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(r);
             while let Some(c) = cause {
                 if let Some(io) = c.downcast_ref::<std::io::Error>() {
-                    return network_kind(io.kind());
+                    return larder_core::io_kind_means_unreachable(io.kind());
                 }
                 cause = c.source();
             }
@@ -216,24 +216,6 @@ fn unreachable(e: &Error) -> bool {
         }
         _ => false,
     }
-}
-
-fn network_kind(kind: std::io::ErrorKind) -> bool {
-    use std::io::ErrorKind::*;
-    matches!(
-        kind,
-        ConnectionRefused
-            | ConnectionReset
-            | ConnectionAborted
-            | NotConnected
-            | AddrNotAvailable
-            | HostUnreachable
-            | NetworkUnreachable
-            | NetworkDown
-            | TimedOut
-            | BrokenPipe
-            | UnexpectedEof
-    )
 }
 
 /// A cache backend on one Redis server or a Redis Cluster.

@@ -301,24 +301,10 @@ fn lazy_pool(url: &str, config: &SqlConfig) -> Result<AnyPool> {
 /// network's kinds of I/O error, or no connection within the deadline)
 /// rather than a configuration it refused.
 fn unreachable(e: &sqlx::Error) -> bool {
-    use std::io::ErrorKind::*;
     match e {
         sqlx::Error::PoolTimedOut => true,
         // Not TLS errors: a refused certificate is a configuration error.
-        sqlx::Error::Io(io) => matches!(
-            io.kind(),
-            ConnectionRefused
-                | ConnectionReset
-                | ConnectionAborted
-                | NotConnected
-                | AddrNotAvailable
-                | HostUnreachable
-                | NetworkUnreachable
-                | NetworkDown
-                | TimedOut
-                | BrokenPipe
-                | UnexpectedEof
-        ),
+        sqlx::Error::Io(io) => larder_core::io_kind_means_unreachable(io.kind()),
         _ => false,
     }
 }
