@@ -1369,10 +1369,13 @@ pub async fn stale_refresh_after_delete_is_dropped(ctx: &Ctx) {
 /// it, so the next caller must not compute again.
 pub async fn refresh_outliving_its_stale_entry_is_stored(ctx: &Ctx) {
     let c = ctx.cache();
-    // Fresh for 1 s, then kept 1 s more for stale serving; a stale read
-    // answers at once and refreshes in the background.
+    // Fresh for 1 s, then kept 2 s more for stale serving; a stale read
+    // answers at once and refreshes in the background. The stale window is
+    // 2 s, not 1 s, because memcached counts expiry in whole seconds of its
+    // own coarse clock: an entry stored for 2 s may be gone after 1.1 s.
     let opts = ComputeOptions::new(Ttl::secs(1))
-        .stale_while_revalidate(Duration::from_secs(1))
+        .stale_while_revalidate(Duration::from_secs(2))
+        .lease_ttl(Duration::from_secs(10))
         .no_early_refresh();
     let calls = Arc::new(AtomicU32::new(0));
     let first = calls.clone();
@@ -1382,10 +1385,11 @@ pub async fn refresh_outliving_its_stale_entry_is_stored(ctx: &Ctx) {
         .unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     // Stale now; the refresh outlasts the rest of the stale window (also
-    // on second-granular backends).
+    // on second-granular backends, where it may last up to 4 s), but not
+    // its lease.
     let second = calls.clone();
     let v: String = c
-        .get_or_compute_with("k", &opts, move || slow_value(3000, "v2", second))
+        .get_or_compute_with("k", &opts, move || slow_value(5000, "v2", second))
         .await
         .unwrap();
     assert_eq!(v, "v1", "served stale while refreshing");
