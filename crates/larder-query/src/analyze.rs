@@ -31,7 +31,7 @@ pub enum SqlDialect {
 }
 
 impl SqlDialect {
-    fn parser(self) -> Box<dyn Dialect> {
+    pub(crate) fn parser(self) -> Box<dyn Dialect> {
         match self {
             SqlDialect::Postgres => Box::new(PostgreSqlDialect {}),
             SqlDialect::MySql => Box::new(MySqlDialect {}),

@@ -27,16 +27,68 @@ use larder_core::{Cache, Result, Ttl};
 #[derive(Debug, Clone)]
 pub struct Generations {
     cache: Cache,
+    /// How long row-level generations are kept (the longest result TTL):
+    /// a record that expired means "changed", so memory stays bounded by
+    /// the values written or read within one TTL.
+    row_ttl: Ttl,
+}
+
+/// The generation of a whole table: bumped by writes that are not
+/// understood row by row (and by outside writes seen as table counts);
+/// every cached read of the table depends on it.
+pub(crate) fn table_key(table: &str) -> String {
+    format!("qgen.{table}")
 }
 
 fn key(table: &str) -> String {
-    format!("qgen.{table}")
+    table_key(table)
+}
+
+/// Bumped by every row-level write to `table`: reads of the table that
+/// are not constrained to some rows depend on it.
+pub(crate) fn rows_key(table: &str) -> String {
+    format!("qrow.{table}")
+}
+
+/// Bumped when a write could not tell a value of `column` (a type that
+/// might equal an integer in ways not mirrored here): every row-level
+/// read on that column depends on it.
+pub(crate) fn column_key(table: &str, column: &str) -> String {
+    format!("qcol.{table}.{column}")
+}
+
+/// The generation of the rows of `table` whose `column` equals `value`.
+pub(crate) fn value_key(table: &str, column: &str, value: i64) -> String {
+    format!("qval.{table}.{column}.{value}")
+}
+
+/// Row-level records expire; table records are few and kept.
+fn is_row_level(key: &str) -> bool {
+    key.starts_with("qval.") || key.starts_with("qcol.")
 }
 
 impl Generations {
     /// Generations kept in `cache` (give it a prefix of its own).
     pub fn new(cache: Cache) -> Self {
-        Generations { cache }
+        Generations {
+            cache,
+            row_ttl: Ttl::Never,
+        }
+    }
+
+    /// Row-level generations expire after `ttl` (set it to the longest
+    /// TTL of the results that depend on them).
+    pub(crate) fn with_row_ttl(mut self, ttl: Ttl) -> Self {
+        self.row_ttl = ttl;
+        self
+    }
+
+    fn ttl_of(&self, key: &str) -> Ttl {
+        if is_row_level(key) {
+            self.row_ttl
+        } else {
+            Ttl::Never
+        }
     }
 
     /// The current generations of `tables`, in order, in one round trip.
@@ -48,7 +100,12 @@ impl Generations {
     /// getting a new, never-read key for good).
     pub async fn current<S: AsRef<str>>(&self, tables: &[S]) -> Result<Vec<u64>> {
         let keys: Vec<String> = tables.iter().map(|t| key(t.as_ref())).collect();
-        let found = self.cache.get_many_raw(&keys).await?;
+        self.current_keys(&keys).await
+    }
+
+    /// The current generations under `keys` (see the `*_key` functions).
+    pub(crate) async fn current_keys(&self, keys: &[String]) -> Result<Vec<u64>> {
+        let found = self.cache.get_many_raw(keys).await?;
         let mut out = Vec::with_capacity(keys.len());
         for (k, raw) in keys.iter().zip(found) {
             let readable = match raw.as_deref().map(larder_core::envelope::decode::<u64>) {
@@ -57,7 +114,7 @@ impl Generations {
                 Some(_) => {
                     tracing::warn!(key = %k, "query cache: unreadable table generation; replacing it");
                     let g = fastrand_gen();
-                    self.cache.set(k, &g, Ttl::Never).await?;
+                    self.cache.set(k, &g, self.ttl_of(k)).await?;
                     out.push(g);
                     continue;
                 }
@@ -67,13 +124,13 @@ impl Generations {
                 None => {
                     let g = fastrand_gen();
                     // Another process may have set one first: use theirs.
-                    if self.cache.add(k, &g, Ttl::Never).await? {
+                    if self.cache.add(k, &g, self.ttl_of(k)).await? {
                         out.push(g);
                     } else {
                         match self.cache.get::<u64>(k).await? {
                             Some(theirs) => out.push(theirs),
                             None => {
-                                self.cache.set(k, &g, Ttl::Never).await?;
+                                self.cache.set(k, &g, self.ttl_of(k)).await?;
                                 out.push(g);
                             }
                         }
@@ -87,12 +144,25 @@ impl Generations {
     /// Gives `tables` new generations (after the write that changed them
     /// committed), in one batch.
     pub async fn bump<S: AsRef<str>>(&self, tables: &[S]) -> Result<()> {
-        let unique: BTreeSet<&str> = tables.iter().map(AsRef::as_ref).collect();
-        let items: Vec<(String, u64)> = unique
-            .into_iter()
-            .map(|t| (key(t), fastrand_gen()))
-            .collect();
-        let failed = self.cache.set_many(&items, Ttl::Never).await?;
+        let keys: BTreeSet<String> = tables.iter().map(|t| key(t.as_ref())).collect();
+        self.bump_keys(&keys).await
+    }
+
+    /// Gives every key in `keys` a new generation, in one batch per TTL.
+    pub(crate) async fn bump_keys(&self, keys: &BTreeSet<String>) -> Result<()> {
+        let (rows, tables): (Vec<&String>, Vec<&String>) =
+            keys.iter().partition(|k| is_row_level(k));
+        let mut failed = Vec::new();
+        for (group, ttl) in [(tables, Ttl::Never), (rows, self.row_ttl)] {
+            if group.is_empty() {
+                continue;
+            }
+            let items: Vec<(&str, u64)> = group
+                .into_iter()
+                .map(|k| (k.as_str(), fastrand_gen()))
+                .collect();
+            failed.extend(self.cache.set_many(&items, ttl).await?);
+        }
         if failed.is_empty() {
             Ok(())
         } else {

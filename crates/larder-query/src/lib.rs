@@ -19,13 +19,17 @@
 #![warn(missing_docs)]
 
 mod analyze;
+mod capture;
 mod generations;
 mod outside;
 mod query_cache;
+mod rows;
 
 pub use analyze::{analyze, normalize, Analysis, Schema, SqlDialect, PURE_FUNCTIONS};
+pub use capture::CaptureRow;
 pub use generations::Generations;
 pub use outside::{install, install_sql, listen_postgres, CHANNEL, GENERATIONS_TABLE};
 pub use query_cache::{
-    CacheableDb, CachedTransaction, OutsideWrites, Param, QueryCache, RowsAffected,
+    CacheableDb, CachedTransaction, OutsideWrites, Param, QueryCache, QueryStats, RowsAffected,
 };
+pub use rows::Canon;

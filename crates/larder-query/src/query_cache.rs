@@ -1,6 +1,7 @@
 //! `QueryCache`: sqlx queries whose results are cached under the
 //! generations of the tables they read.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use larder_core::{Cache, Error, Ttl};
@@ -10,7 +11,9 @@ use sha2::{Digest, Sha256};
 use sqlx::{Database, Encode, Executor, FromRow, IntoArguments, Pool, Type};
 
 use crate::analyze::{analyze, Analysis, Schema, SqlDialect};
-use crate::generations::Generations;
+use crate::capture::{self, CaptureRow, SetValue, WritePlan};
+use crate::generations::{self, Generations};
+use crate::rows::{Canon, Const, RowDeps};
 
 /// The pseudo-table every cached query depends on: bumped when a statement
 /// we could not analyze may have written anything.
@@ -88,8 +91,67 @@ pub struct QueryCache<DB: Database> {
     schema: Arc<Schema>,
     dialect: SqlDialect,
     ttl: Ttl,
-    /// Analyses by SQL text: parsing is most of a hit's CPU otherwise.
-    analyses: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Analysis>>>>,
+    /// Whether reads depend on row-level generations where they can and
+    /// writes report the rows they touched (see [`QueryCache::row_level`]).
+    row_level: bool,
+    /// Plans by SQL text: parsing is most of a hit's CPU otherwise.
+    analyses: Arc<std::sync::Mutex<std::collections::HashMap<String, Arc<Plan>>>>,
+    /// Whether the server takes `RETURNING` on INSERT and DELETE (probed
+    /// once: MySQL does not, MariaDB from 10.5, SQLite from 3.35).
+    returning: Arc<std::sync::OnceLock<bool>>,
+    counters: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    cached_reads: AtomicU64,
+    computed: AtomicU64,
+    uncached_reads: AtomicU64,
+    row_writes: AtomicU64,
+    table_writes: AtomicU64,
+}
+
+/// What a [`QueryCache`] (and its clones) has done since it was built.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueryStats {
+    /// Cacheable reads answered (from the cache or by running the query).
+    pub cached_reads: u64,
+    /// Of those, the ones that ran the query (misses).
+    pub computed: u64,
+    /// Reads run uncached: not cacheable (locking, volatile functions,
+    /// not understood) or the store was unreachable.
+    pub uncached_reads: u64,
+    /// Writes that invalidated only the values of the rows they touched.
+    pub row_level_writes: u64,
+    /// Writes that invalidated whole tables (or everything).
+    pub table_level_writes: u64,
+}
+
+impl QueryStats {
+    /// Cacheable reads answered from the cache.
+    pub fn hits(&self) -> u64 {
+        self.cached_reads.saturating_sub(self.computed)
+    }
+
+    /// Hits over cacheable reads (0 when there were none).
+    pub fn hit_ratio(&self) -> f64 {
+        if self.cached_reads == 0 {
+            0.0
+        } else {
+            self.hits() as f64 / self.cached_reads as f64
+        }
+    }
+}
+
+/// What a statement does and how to cache or capture it, parsed once.
+#[derive(Debug)]
+struct Plan {
+    analysis: Analysis,
+    /// For reads: the tables seen only through an equality.
+    deps: RowDeps,
+    /// For writes: how to learn the rows touched.
+    write: WritePlan,
 }
 
 /// Distinct SQL texts whose analysis is kept (the set is cleared when full;
@@ -105,25 +167,124 @@ impl<DB: Database> Clone for QueryCache<DB> {
             schema: self.schema.clone(),
             dialect: self.dialect,
             ttl: self.ttl,
+            row_level: self.row_level,
             analyses: self.analyses.clone(),
+            returning: self.returning.clone(),
+            counters: self.counters.clone(),
         }
     }
 }
 
 impl<DB: Database> QueryCache<DB> {
-    /// The analysis of `sql`, parsed once.
-    fn analysis(&self, sql: &str) -> Arc<Analysis> {
+    /// The plan of `sql`, parsed once.
+    fn plan(&self, sql: &str) -> Arc<Plan> {
         let mut map = self.analyses.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(a) = map.get(sql) {
             return a.clone();
         }
-        let a = Arc::new(analyze(sql, self.dialect, &self.schema));
+        let analysis = analyze(sql, self.dialect, &self.schema);
+        let (deps, write) = match &analysis {
+            Analysis::Read(_) if self.row_level => (
+                read_deps(sql, self.dialect, &self.schema),
+                WritePlan::Tables,
+            ),
+            Analysis::Write { writes } if self.row_level && writes.len() == 1 => {
+                let write = capture::plan(sql, self.dialect);
+                // The plan's table is the one the analysis says is written.
+                let agrees = match &write {
+                    WritePlan::Returning { table, .. } | WritePlan::Update { table, .. } => {
+                        writes.contains(table)
+                    }
+                    WritePlan::Tables => true,
+                };
+                (
+                    RowDeps::new(),
+                    if agrees { write } else { WritePlan::Tables },
+                )
+            }
+            _ => (RowDeps::new(), WritePlan::Tables),
+        };
+        let a = Arc::new(Plan {
+            analysis,
+            deps,
+            write,
+        });
         if map.len() >= ANALYSES_KEPT {
             map.clear();
         }
         map.insert(sql.to_owned(), a.clone());
         a
     }
+
+    /// The generation keys a read of `tables` depends on: row-level ones
+    /// for the tables `deps` constrains to integer values, the table's
+    /// otherwise, and the global one.
+    fn read_keys(
+        &self,
+        tables: &std::collections::BTreeSet<String>,
+        deps: &RowDeps,
+        params: &[Param],
+    ) -> Vec<String> {
+        let mut keys = Vec::with_capacity(tables.len() * 2 + 1);
+        for t in tables {
+            keys.push(generations::table_key(t));
+            let values: Option<Vec<i64>> = deps.get(t).and_then(|(_, consts)| {
+                consts
+                    .iter()
+                    .map(|c| match c {
+                        Const::Int(n) => Some(*n),
+                        Const::Param(i) => match params.get(*i) {
+                            Some(Param::Int(n)) => Some(*n),
+                            _ => None,
+                        },
+                    })
+                    .collect()
+            });
+            match (deps.get(t), values) {
+                (Some((column, _)), Some(values)) => {
+                    keys.push(generations::column_key(t, column));
+                    for v in values {
+                        keys.push(generations::value_key(t, column, v));
+                    }
+                }
+                _ => keys.push(generations::rows_key(t)),
+            }
+        }
+        keys.push(generations::table_key(EVERYTHING));
+        keys
+    }
+}
+
+/// The row-level dependencies of the read `sql`.
+fn read_deps(sql: &str, dialect: SqlDialect, schema: &Schema) -> RowDeps {
+    let Ok(mut statements) = sqlparser::parser::Parser::parse_sql(&*dialect.parser(), sql) else {
+        return RowDeps::new();
+    };
+    if statements.len() != 1 {
+        return RowDeps::new();
+    }
+    let stmt = statements.remove(0);
+    let mut appearances = std::collections::BTreeMap::new();
+    let _ = sqlparser::ast::visit_relations(&stmt, |r| {
+        *appearances
+            .entry(crate::analyze::normalize(&r.to_string()))
+            .or_insert(0usize) += 1;
+        std::ops::ControlFlow::<()>::Continue(())
+    });
+    // Tables read through a view or a declared function are read whole.
+    let mut whole: Vec<String> = Vec::new();
+    for (name, _) in appearances.iter() {
+        if let Some(tables) = schema.views.get(name) {
+            whole.extend(tables.iter().cloned());
+        }
+    }
+    for tables in schema.functions.values() {
+        whole.extend(tables.iter().cloned());
+    }
+    for t in whole {
+        *appearances.entry(t).or_insert(0) += 2;
+    }
+    crate::rows::row_deps(&stmt, &appearances, &schema.views)
 }
 
 fn fingerprint(sql: &str, params: &[Param], tables: &[String], gens: &[u64]) -> String {
@@ -181,19 +342,51 @@ where
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
     DB::QueryResult: RowsAffected,
+    DB::Row: CaptureRow,
+    for<'r> String: sqlx::Decode<'r, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
 {
     /// Query results of `pool`, cached in `cache` (give it a prefix of its
     /// own) for at most `ttl`; `dialect` parses the SQL.
     pub fn new(pool: Pool<DB>, cache: Cache, dialect: SqlDialect, ttl: Ttl) -> Self {
         QueryCache {
             pool,
-            generations: Generations::new(cache.clone()),
+            generations: Generations::new(cache.clone()).with_row_ttl(ttl),
             cache,
             schema: Arc::new(Schema::default()),
             dialect,
             ttl,
+            row_level: true,
             analyses: Default::default(),
+            returning: Default::default(),
+            counters: Default::default(),
         }
+    }
+
+    /// Counts of reads, misses and writes since this cache was built
+    /// (shared by its clones).
+    pub fn stats(&self) -> QueryStats {
+        let c = &self.counters;
+        QueryStats {
+            cached_reads: c.cached_reads.load(Ordering::Relaxed),
+            computed: c.computed.load(Ordering::Relaxed),
+            uncached_reads: c.uncached_reads.load(Ordering::Relaxed),
+            row_level_writes: c.row_writes.load(Ordering::Relaxed),
+            table_level_writes: c.table_writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Row-level dependencies, on by default. A read that sees a table only
+    /// through an integer equality (`WHERE post_id = $1`, `IN (…)`, or
+    /// carried through a join) depends on the rows with those values, and
+    /// an in-app write invalidates only the values its rows had and have,
+    /// so writes to other rows leave it cached. Off: every write to a table
+    /// invalidates every cached read of it (table generations, as
+    /// Johnny-Cache did). See the guide for the shapes covered.
+    pub fn row_level(mut self, on: bool) -> Self {
+        self.row_level = on;
+        self.analyses = Default::default();
+        self
     }
 
     /// Declares views and the tables they read.
@@ -213,12 +406,14 @@ where
         &self.generations
     }
 
-    /// The cache key for a read of `tables`, or `None` when the store is
-    /// down (the query then runs uncached).
-    async fn key(&self, sql: &str, params: &[Param], tables: &[String]) -> Option<String> {
-        let mut all: Vec<String> = tables.to_vec();
-        all.push(EVERYTHING.to_owned());
-        match self.generations.current(&all).await {
+    /// The cache key for a read, or `None` when the store is down (the
+    /// query then runs uncached).
+    async fn key(&self, sql: &str, params: &[Param], plan: &Plan) -> Option<String> {
+        let Analysis::Read(tables) = &plan.analysis else {
+            return None;
+        };
+        let all = self.read_keys(tables, &plan.deps, params);
+        match self.generations.current_keys(&all).await {
             Ok(gens) => Some(fingerprint(sql, params, &all, &gens)),
             Err(e) => {
                 tracing::warn!(error = %e, "query cache: generations unreadable; query runs uncached");
@@ -232,18 +427,25 @@ where
     where
         T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
     {
-        let analysis = self.analysis(sql);
-        match &*analysis {
-            Analysis::Read(tables) => {
-                let tables: Vec<String> = tables.iter().cloned().collect();
-                let Some(key) = self.key(sql, params, &tables).await else {
+        let plan = self.plan(sql);
+        match &plan.analysis {
+            Analysis::Read(_) => {
+                let Some(key) = self.key(sql, params, &plan).await else {
+                    self.counters.uncached_reads.fetch_add(1, Ordering::Relaxed);
                     return self.run_all(sql, params).await;
                 };
-                self.cache
-                    .get_or_compute(&key, self.ttl, || self.run_all::<T>(sql, params))
-                    .await
+                let out = self
+                    .cache
+                    .get_or_compute(&key, self.ttl, || {
+                        self.counters.computed.fetch_add(1, Ordering::Relaxed);
+                        self.run_all::<T>(sql, params)
+                    })
+                    .await;
+                self.counters.cached_reads.fetch_add(1, Ordering::Relaxed);
+                out
             }
             other => {
+                self.counters.uncached_reads.fetch_add(1, Ordering::Relaxed);
                 let rows = self.run_all(sql, params).await?;
                 self.after_write(other).await;
                 Ok(rows)
@@ -276,16 +478,180 @@ where
     /// A statement that cannot be analyzed invalidates every table.
     /// Returns the rows affected.
     pub async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64, Error> {
-        let analysis = self.analysis(sql);
-        let q = bind_all!(sqlx::query::<DB>(sql), params);
-        let done = q
-            .execute(&self.pool)
-            .await
-            .map_err(|e| Error::backend("sql", e))?;
-        self.after_write(&analysis).await;
-        Ok(RowsAffected::rows_affected_of(&done))
+        let plan = self.plan(sql);
+        let write = self.usable(&plan.write).await;
+        if let WritePlan::Tables = write {
+            let q = bind_all!(sqlx::query::<DB>(sql), params);
+            let done = q
+                .execute(&self.pool)
+                .await
+                .map_err(|e| Error::backend("sql", e))?;
+            self.after_write(&plan.analysis).await;
+            return Ok(RowsAffected::rows_affected_of(&done));
+        }
+        let sqlite = self.dialect == SqlDialect::Sqlite;
+        let (n, touched) = if matches!(write, WritePlan::Returning { .. }) {
+            // One statement: atomic on its own.
+            let mut conn = self.pool.acquire().await.map_err(sql_error)?;
+            self.captured_write(&mut conn, write, sql, params).await?
+        } else {
+            // Read, then update: in one transaction (SQLite: taking the
+            // write lock first, so no other writer comes in between).
+            let mut tx = if sqlite {
+                self.pool.begin_with("BEGIN IMMEDIATE").await
+            } else {
+                self.pool.begin().await
+            }
+            .map_err(sql_error)?;
+            let out = self.captured_write(&mut tx, write, sql, params).await?;
+            tx.commit().await.map_err(sql_error)?;
+            out
+        };
+        self.after_rows(touched).await;
+        Ok(n)
     }
 
+    /// `write`, or [`WritePlan::Tables`] when it needs `RETURNING` on a
+    /// server without it.
+    async fn usable<'p>(&self, write: &'p WritePlan) -> &'p WritePlan {
+        let needs_returning = match write {
+            WritePlan::Tables => return write,
+            WritePlan::Returning { .. } => true,
+            WritePlan::Update { returning, .. } => returning.is_some(),
+        };
+        if !needs_returning || self.dialect == SqlDialect::Postgres {
+            return write;
+        }
+        if self.returning.get().is_none() {
+            let probe = match self.dialect {
+                SqlDialect::Sqlite => "SELECT sqlite_version()",
+                _ => "SELECT VERSION()",
+            };
+            let version: Option<String> = match sqlx::query(probe).fetch_one(&self.pool).await {
+                Ok(row) => sqlx::Row::try_get::<String, _>(&row, 0usize).ok(),
+                Err(_) => None,
+            };
+            let Some(version) = version else {
+                return &WritePlan::Tables; // ask again next time
+            };
+            let _ = self
+                .returning
+                .set(returning_supported(self.dialect, &version));
+        }
+        if self.returning.get() == Some(&true) {
+            write
+        } else {
+            &WritePlan::Tables
+        }
+    }
+
+    /// Runs a captured write on `conn` and says which rows it touched:
+    /// `Ok((rows affected, Touched))`.
+    async fn captured_write(
+        &self,
+        conn: &mut DB::Connection,
+        write: &WritePlan,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<(u64, Touched), Error> {
+        let dialect = self.dialect;
+        let mut keys = std::collections::BTreeSet::new();
+        match write {
+            WritePlan::Tables => unreachable!("handled by the caller"),
+            WritePlan::Returning { table, sql: rsql } => {
+                let rows = bind_all!(sqlx::query::<DB>(rsql), params)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                for r in &rows {
+                    capture::row_keys(table, &r.captured(dialect), &mut keys);
+                }
+                let n = rows.len() as u64;
+                Ok((n, Touched::rows(table, keys, n)))
+            }
+            WritePlan::Update {
+                table,
+                preread,
+                preread_params,
+                returning,
+                set,
+            } => {
+                let pre: Vec<Param> = preread_params
+                    .iter()
+                    .map(|&i| params.get(i).cloned().unwrap_or(Param::Null))
+                    .collect();
+                let old = bind_all!(sqlx::query::<DB>(preread), &pre)
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(sql_error)?;
+                let old: Vec<Vec<(String, Canon)>> =
+                    old.iter().map(|r| r.captured(dialect)).collect();
+                for r in &old {
+                    capture::row_keys(table, r, &mut keys);
+                }
+                let n = match returning {
+                    Some(rsql) => {
+                        let new = bind_all!(sqlx::query::<DB>(rsql), params)
+                            .fetch_all(&mut *conn)
+                            .await
+                            .map_err(sql_error)?;
+                        for r in &new {
+                            capture::row_keys(table, &r.captured(dialect), &mut keys);
+                        }
+                        new.len() as u64
+                    }
+                    None => {
+                        let done = bind_all!(sqlx::query::<DB>(sql), params)
+                            .execute(&mut *conn)
+                            .await
+                            .map_err(sql_error)?;
+                        // The new values: what SET assigns (the other
+                        // columns keep the values read above).
+                        let assigned: Vec<(String, Canon)> = set
+                            .iter()
+                            .map(|(c, v)| {
+                                let canon = match v {
+                                    SetValue::Canon(c) => *c,
+                                    SetValue::Param(i) => params
+                                        .get(*i)
+                                        .map_or(Canon::Unknown, capture::canon_written_param),
+                                };
+                                (c.clone(), canon)
+                            })
+                            .collect();
+                        if !old.is_empty() {
+                            capture::row_keys(table, &assigned, &mut keys);
+                        }
+                        RowsAffected::rows_affected_of(&done)
+                    }
+                };
+                if n > old.len() as u64 {
+                    // Rows we did not read first (inserted meanwhile by
+                    // another transaction): their old values are unknown.
+                    return Ok((n, Touched::Table(table.clone())));
+                }
+                Ok((n, Touched::rows(table, keys, n)))
+            }
+        }
+    }
+
+    /// Bumps what a captured write touched, after it committed.
+    async fn after_rows(&self, touched: Touched) {
+        let counter = match touched {
+            Touched::Table(_) => &self.counters.table_writes,
+            _ => &self.counters.row_writes,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let keys = touched.keys();
+        if keys.is_empty() {
+            return;
+        }
+        if let Err(e) = self.generations.bump_keys(&keys).await {
+            tracing::error!(error = %e, keys = keys.len(), "query cache: could not invalidate after a write");
+        }
+    }
+
+    /// Runs a read uncached.
     async fn run_all<T>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, Error>
     where
         T: for<'r> FromRow<'r, DB::Row> + Send + Unpin,
@@ -314,11 +680,78 @@ where
                 vec![EVERYTHING.to_owned()]
             }
         };
+        self.counters.table_writes.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.generations.bump(&bump).await {
             // The write happened but its tables keep their generations:
             // cached results may be stale until their TTL. Loud, because
             // this is the one failure that can serve stale data.
             tracing::error!(error = %e, tables = ?bump, "query cache: could not invalidate after a write");
+        }
+    }
+}
+
+/// A database error from running the application's statement.
+fn sql_error(e: sqlx::Error) -> Error {
+    Error::backend("sql", e)
+}
+
+/// Whether a server whose `VERSION()` / `sqlite_version()` is `version`
+/// takes `INSERT … RETURNING` and `DELETE … RETURNING`.
+fn returning_supported(dialect: SqlDialect, version: &str) -> bool {
+    let numbers: Vec<u32> = version
+        .split(|c: char| !c.is_ascii_digit())
+        .take(2)
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let at_least = |major: u32, minor: u32| match numbers.as_slice() {
+        [a, b, ..] => (*a, *b) >= (major, minor),
+        _ => false,
+    };
+    match dialect {
+        SqlDialect::Sqlite => at_least(3, 35),
+        SqlDialect::MySql => version.contains("MariaDB") && at_least(10, 5),
+        SqlDialect::Postgres => true,
+        _ => false,
+    }
+}
+
+/// What a captured write touched.
+#[derive(Debug)]
+enum Touched {
+    /// Nothing (no row matched).
+    Nothing,
+    /// Too much to say row by row: the whole table.
+    Table(String),
+    /// Rows of `table`, whose values bump `keys`.
+    Rows {
+        table: String,
+        keys: std::collections::BTreeSet<String>,
+    },
+}
+
+impl Touched {
+    fn rows(table: &str, keys: std::collections::BTreeSet<String>, n: u64) -> Self {
+        if n == 0 && keys.is_empty() {
+            Touched::Nothing
+        } else if keys.len() > capture::MAX_ROW_KEYS {
+            Touched::Table(table.to_owned())
+        } else {
+            Touched::Rows {
+                table: table.to_owned(),
+                keys,
+            }
+        }
+    }
+
+    /// The generation keys to bump.
+    fn keys(self) -> std::collections::BTreeSet<String> {
+        match self {
+            Touched::Nothing => Default::default(),
+            Touched::Table(t) => [generations::table_key(&t)].into(),
+            Touched::Rows { table, mut keys } => {
+                keys.insert(generations::rows_key(&table));
+                keys
+            }
         }
     }
 }
@@ -354,7 +787,10 @@ impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
 pub struct CachedTransaction<DB: Database> {
     qc: QueryCache<DB>,
     tx: sqlx::Transaction<'static, DB>,
+    /// Every table written: reads of them go to the database.
     written: std::collections::BTreeSet<String>,
+    /// Generation keys to bump at commit (whole tables and rows).
+    bumps: std::collections::BTreeSet<String>,
     wrote_unknown: bool,
 }
 
@@ -370,6 +806,9 @@ where
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
     DB::QueryResult: RowsAffected,
+    DB::Row: CaptureRow,
+    for<'r> String: sqlx::Decode<'r, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
 {
     /// Starts a transaction.
     pub async fn begin(&self) -> Result<CachedTransaction<DB>, Error> {
@@ -382,6 +821,7 @@ where
             qc: self.clone(),
             tx,
             written: Default::default(),
+            bumps: Default::default(),
             wrote_unknown: false,
         })
     }
@@ -399,6 +839,9 @@ where
     for<'q> String: Encode<'q, DB> + Type<DB>,
     for<'q> Vec<u8>: Encode<'q, DB> + Type<DB>,
     DB::QueryResult: RowsAffected,
+    DB::Row: CaptureRow,
+    for<'r> String: sqlx::Decode<'r, DB> + Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
 {
     /// Every row of a query: from the database if the query reads a table
     /// this transaction has written (or it wrote something unanalyzable),
@@ -407,8 +850,9 @@ where
     where
         T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
     {
-        let analysis = self.qc.analysis(sql);
-        let from_cache = match &*analysis {
+        let plan = self.qc.plan(sql);
+        let analysis = &plan.analysis;
+        let from_cache = match analysis {
             Analysis::Read(tables) => !self.wrote_unknown && tables.is_disjoint(&self.written),
             _ => false,
         };
@@ -420,25 +864,42 @@ where
             .fetch_all(&mut *self.tx)
             .await
             .map_err(|e| Error::backend("sql", e))?;
-        self.note(&analysis);
+        self.note(analysis);
         Ok(rows)
     }
 
     /// Runs a statement in the transaction, remembering what it writes.
     pub async fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64, Error> {
-        let analysis = self.qc.analysis(sql);
+        let plan = self.qc.plan(sql);
+        let write = self.qc.usable(&plan.write).await;
+        if !matches!(write, WritePlan::Tables) {
+            let (n, touched) = self
+                .qc
+                .captured_write(&mut self.tx, write, sql, params)
+                .await?;
+            if let Analysis::Write { writes } = &plan.analysis {
+                self.written.extend(writes.iter().cloned());
+            }
+            self.bumps.extend(touched.keys());
+            return Ok(n);
+        }
         let q = bind_all!(sqlx::query::<DB>(sql), params);
         let done = q
             .execute(&mut *self.tx)
             .await
             .map_err(|e| Error::backend("sql", e))?;
-        self.note(&analysis);
+        self.note(&plan.analysis);
         Ok(RowsAffected::rows_affected_of(&done))
     }
 
+    /// Remembers the tables a statement not captured row by row writes.
     fn note(&mut self, analysis: &Analysis) {
         match analysis {
-            Analysis::Write { writes } => self.written.extend(writes.iter().cloned()),
+            Analysis::Write { writes } => {
+                self.written.extend(writes.iter().cloned());
+                self.bumps
+                    .extend(writes.iter().map(|t| generations::table_key(t)));
+            }
             Analysis::Unknown {
                 may_write: true, ..
             } => self.wrote_unknown = true,
@@ -452,19 +913,29 @@ where
         let CachedTransaction {
             qc,
             tx,
-            written,
+            bumps,
             wrote_unknown,
+            ..
         } = self;
         tx.commit().await.map_err(|e| Error::backend("sql", e))?;
-        let analysis = if wrote_unknown {
-            Analysis::Unknown {
+        if wrote_unknown {
+            qc.after_write(&Analysis::Unknown {
                 may_write: true,
                 reason: "an unanalyzable statement in a transaction".into(),
+            })
+            .await;
+        } else if !bumps.is_empty() {
+            let whole = bumps.iter().any(|k| k.starts_with("qgen."));
+            let counter = if whole {
+                &qc.counters.table_writes
+            } else {
+                &qc.counters.row_writes
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            if let Err(e) = qc.generations.bump_keys(&bumps).await {
+                tracing::error!(error = %e, keys = bumps.len(), "query cache: could not invalidate after a transaction");
             }
-        } else {
-            Analysis::Write { writes: written }
-        };
-        qc.after_write(&analysis).await;
+        }
         Ok(())
     }
 
