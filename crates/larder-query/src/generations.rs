@@ -76,6 +76,11 @@ impl Generations {
         }
     }
 
+    /// The store the generations are kept in.
+    pub fn cache(&self) -> &Cache {
+        &self.cache
+    }
+
     /// Row-level generations expire after `ttl` (set it to the longest
     /// TTL of the results that depend on them).
     pub(crate) fn with_row_ttl(mut self, ttl: Ttl) -> Self {
