@@ -13,31 +13,19 @@ use sqlparser::ast::{
     visit_relations, CopySource, FromTable, ObjectName, Query, SetExpr, Statement, TableFactor,
     TableObject, Visit, Visitor,
 };
-use sqlparser::dialect::{Dialect, GenericDialect, MySqlDialect, PostgreSqlDialect, SQLiteDialect};
+use sqlparser::dialect::{Dialect, MySqlDialect, PostgreSqlDialect, SQLiteDialect};
 use sqlparser::parser::Parser;
 
-/// The SQL dialect to parse with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum SqlDialect {
-    /// PostgreSQL.
-    Postgres,
-    /// MySQL / MariaDB.
-    MySql,
-    /// SQLite.
-    Sqlite,
-    /// Anything else (a permissive parser).
-    Generic,
-}
+/// The SQL dialect, shared with larder-views and larder-sql (one type for
+/// the whole change-capture story: [`larder_changes::Dialect`]).
+pub use larder_changes::Dialect as SqlDialect;
 
-impl SqlDialect {
-    pub(crate) fn parser(self) -> Box<dyn Dialect> {
-        match self {
-            SqlDialect::Postgres => Box::new(PostgreSqlDialect {}),
-            SqlDialect::MySql => Box::new(MySqlDialect {}),
-            SqlDialect::Sqlite => Box::new(SQLiteDialect {}),
-            SqlDialect::Generic => Box::new(GenericDialect {}),
-        }
+/// sqlparser's dialect for `d`.
+pub(crate) fn parser_of(d: SqlDialect) -> Box<dyn Dialect> {
+    match d {
+        SqlDialect::MySql => Box::new(MySqlDialect {}),
+        SqlDialect::Sqlite => Box::new(SQLiteDialect {}),
+        _ => Box::new(PostgreSqlDialect {}),
     }
 }
 
@@ -607,7 +595,7 @@ fn writes_of(stmt: &Statement) -> Option<BTreeSet<String>> {
 
 /// Analyzes `sql` (one or more statements).
 pub fn analyze(sql: &str, dialect: SqlDialect, schema: &Schema) -> Analysis {
-    let statements = match Parser::parse_sql(&*dialect.parser(), sql) {
+    let statements = match Parser::parse_sql(&*parser_of(dialect), sql) {
         Ok(s) => s,
         Err(e) => {
             return Analysis::Unknown {

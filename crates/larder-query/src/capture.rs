@@ -78,7 +78,7 @@ fn plan_inner(sql: &str, dialect: SqlDialect) -> Option<WritePlan> {
     {
         return None;
     }
-    let mut statements = Parser::parse_sql(&*dialect.parser(), sql).ok()?;
+    let mut statements = Parser::parse_sql(&*crate::analyze::parser_of(dialect), sql).ok()?;
     if statements.len() != 1 {
         return None;
     }

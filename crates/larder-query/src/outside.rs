@@ -14,7 +14,6 @@
 //! `TRUNCATE` fires no trigger on MySQL/MariaDB and SQLite.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use crate::analyze::{normalize, SqlDialect};
 use crate::generations::Generations;
@@ -24,12 +23,7 @@ pub const GENERATIONS_TABLE: &str = "larder_generations";
 /// The PostgreSQL NOTIFY channel.
 pub const CHANNEL: &str = "larder_generations";
 
-fn valid_identifier(t: &str) -> bool {
-    !t.is_empty()
-        && t.len() <= 60
-        && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !t.as_bytes()[0].is_ascii_digit()
-}
+use larder_changes::is_identifier as valid_identifier;
 
 /// The statements that install the change-counting triggers on `tables`
 /// (idempotent: run them again after adding a table). Table names must be
@@ -41,7 +35,7 @@ pub fn install_sql(
     let g = GENERATIONS_TABLE;
     let mut out = Vec::new();
     match dialect {
-        SqlDialect::Postgres | SqlDialect::Generic => {
+        SqlDialect::Postgres => {
             out.push(format!(
                 "CREATE TABLE IF NOT EXISTS {g} (table_name TEXT PRIMARY KEY, generation BIGINT NOT NULL DEFAULT 0)"
             ));
@@ -70,7 +64,7 @@ pub fn install_sql(
         }
         let name = normalize(t);
         match dialect {
-            SqlDialect::Postgres | SqlDialect::Generic => {
+            SqlDialect::Postgres => {
                 out.push(format!("DROP TRIGGER IF EXISTS larder_bump_{name} ON {t}"));
                 out.push(format!(
                     "CREATE TRIGGER larder_bump_{name} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {t} \
@@ -133,31 +127,24 @@ where
     F: FnMut() -> Fut + Send,
     Fut: std::future::Future<Output = ()> + Send,
 {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let connected = async {
-            let mut l = sqlx::postgres::PgListener::connect(&url).await?;
-            l.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        }
-        .await;
-        match connected {
-            Ok(mut listener) => {
-                backoff = Duration::from_millis(50);
-                poll().await;
-                while let Ok(Some(n)) = listener.try_recv().await {
-                    let table = normalize(n.payload());
+    larder_changes::listen_postgres(&url, CHANNEL, "query cache", |event| {
+        let generations = generations.clone();
+        let resync = matches!(event, larder_changes::ListenEvent::Connected).then(&mut poll);
+        async move {
+            match (event, resync) {
+                (_, Some(poll)) => poll.await,
+                (larder_changes::ListenEvent::Notification(payload), None) => {
+                    let table = normalize(&payload);
                     if let Err(e) = generations.bump(&[table.as_str()]).await {
                         tracing::error!(error = %e, table, "query cache: could not bump after an outside write");
                     }
                 }
-                tracing::warn!("query cache: generation listener lost; reconnecting");
+                _ => {}
             }
-            Err(e) => tracing::debug!(error = %e, "query cache: cannot listen yet"),
+            std::ops::ControlFlow::Continue(())
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
+    })
+    .await;
 }
 
 /// Runs [`install_sql`] on `pool`: on PostgreSQL as one transaction under
@@ -176,7 +163,7 @@ where
     let statements = install_sql(dialect, tables)?;
     let err = |e: sqlx::Error| larder_core::Error::backend("sql", e);
     let mut conn = pool.acquire().await.map_err(err)?;
-    if matches!(dialect, SqlDialect::Postgres | SqlDialect::Generic) {
+    if matches!(dialect, SqlDialect::Postgres) {
         let script = format!(
             "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('{GENERATIONS_TABLE}'));\n{};\nCOMMIT;",
             statements.join(";\n")

@@ -257,7 +257,9 @@ impl<DB: Database> QueryCache<DB> {
 
 /// The row-level dependencies of the read `sql`.
 fn read_deps(sql: &str, dialect: SqlDialect, schema: &Schema) -> RowDeps {
-    let Ok(mut statements) = sqlparser::parser::Parser::parse_sql(&*dialect.parser(), sql) else {
+    let Ok(mut statements) =
+        sqlparser::parser::Parser::parse_sql(&*crate::analyze::parser_of(dialect), sql)
+    else {
         return RowDeps::new();
     };
     if statements.len() != 1 {
@@ -711,7 +713,6 @@ fn returning_supported(dialect: SqlDialect, version: &str) -> bool {
         SqlDialect::Sqlite => at_least(3, 35),
         SqlDialect::MySql => version.contains("MariaDB") && at_least(10, 5),
         SqlDialect::Postgres => true,
-        _ => false,
     }
 }
 

@@ -558,7 +558,7 @@ mod tests {
     use sqlparser::parser::Parser;
 
     fn deps(sql: &str, dialect: SqlDialect) -> Vec<(String, String, Vec<Const>)> {
-        let stmt = Parser::parse_sql(&*dialect.parser(), sql)
+        let stmt = Parser::parse_sql(&*crate::analyze::parser_of(dialect), sql)
             .unwrap()
             .remove(0);
         let mut appearances = BTreeMap::new();

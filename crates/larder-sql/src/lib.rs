@@ -53,43 +53,9 @@ use sqlx::{AnyPool, Row};
 
 const NAME: &str = "sql";
 
-/// The SQL dialect of a database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Dialect {
-    /// SQLite.
-    Sqlite,
-    /// PostgreSQL.
-    Postgres,
-    /// MySQL or MariaDB.
-    MySql,
-}
-
-impl Dialect {
-    fn from_scheme(s: &str) -> Option<Dialect> {
-        match s {
-            "sqlite" => Some(Dialect::Sqlite),
-            "postgres" | "postgresql" => Some(Dialect::Postgres),
-            "mysql" | "mariadb" => Some(Dialect::MySql),
-            _ => None,
-        }
-    }
-
-    /// The `n`-th (1-based) bind parameter.
-    fn param(self, n: usize) -> String {
-        match self {
-            Dialect::Postgres => format!("${n}"),
-            _ => "?".to_owned(),
-        }
-    }
-
-    fn params(self, from: usize, count: usize) -> String {
-        (from..from + count)
-            .map(|n| self.param(n))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-}
+/// The SQL dialect of a database (one type shared with larder-query and
+/// larder-views).
+pub use larder_changes::Dialect;
 
 /// Settings of a [`SqlBackend`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -153,7 +119,7 @@ struct Sql {
 
 impl Sql {
     fn new(d: Dialect, t: &str) -> Sql {
-        let p = |n| d.param(n);
+        let p = |n| d.placeholder(n);
         let live = |n: usize| format!("(expires_ms IS NULL OR expires_ms > {})", p(n));
         Sql {
             get: format!("SELECT value FROM {t} WHERE cache_key = {} AND {}", p(1), live(2)),
@@ -282,10 +248,7 @@ fn like_prefix(prefix: &str) -> String {
 }
 
 fn valid_table(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 60
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !name.starts_with(|c: char| c.is_ascii_digit())
+    larder_changes::is_identifier(name)
 }
 
 /// A pool that connects on first use.
@@ -729,8 +692,8 @@ impl Backend for SqlBackend {
         let sql = format!(
             "SELECT cache_key, value FROM {} WHERE cache_key IN ({}) AND (expires_ms IS NULL OR expires_ms > {})",
             self.inner.config.table,
-            d.params(1, keys.len()),
-            d.param(keys.len() + 1)
+            d.placeholders(1, keys.len()),
+            d.placeholder(keys.len() + 1)
         );
         let mut q = sqlx::query(&sql);
         for k in keys {
@@ -788,7 +751,7 @@ impl Backend for SqlBackend {
         let d = self.inner.dialect;
         let t = &self.inner.config.table;
         let rows: Vec<String> = (0..entries.len())
-            .map(|i| format!("({})", d.params(i * 3 + 1, 3)))
+            .map(|i| format!("({})", d.placeholders(i * 3 + 1, 3)))
             .collect();
         let sql = match d {
             Dialect::MySql => format!(
@@ -883,7 +846,7 @@ impl Backend for SqlBackend {
         let in_list = format!(
             "DELETE FROM {} WHERE cache_key IN ({})",
             self.inner.config.table,
-            d.params(1, keys.len())
+            d.placeholders(1, keys.len())
         );
         let mut leases = sqlx::query(&in_list);
         for k in keys {

@@ -84,44 +84,30 @@ impl larder_core::InvalidationBus for PgBus {
         let url = self.url.clone();
         let channel = self.channel.clone();
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(50);
-            while !events.is_closed() {
-                let connected = tokio::time::timeout(Duration::from_secs(2), async {
-                    let mut l = sqlx::postgres::PgListener::connect(&url).await?;
-                    l.listen(&channel).await?;
-                    Ok::<_, sqlx::Error>(l)
-                })
-                .await;
-                match connected {
-                    Ok(Ok(mut listener)) => {
-                        backoff = Duration::from_millis(50);
-                        if events.send(BusEvent::Resubscribed).is_err() {
-                            return;
-                        }
-                        // try_recv reports a lost connection as Ok(None):
-                        // start over so the resubscription is reported
-                        // after it happened.
-                        while let Ok(Some(n)) = listener.try_recv().await {
-                            match BusMessage::decode(n.payload()) {
-                                Some(m) => {
-                                    if events.send(BusEvent::Message(m)).is_err() {
-                                        return;
-                                    }
-                                }
-                                None => tracing::warn!(
-                                    payload = n.payload(),
-                                    "postgres bus: unknown message ignored"
-                                ),
+            larder_changes::listen_postgres(&url, &channel, "postgres bus", |event| {
+                let sent = match event {
+                    larder_changes::ListenEvent::Connected => {
+                        events.send(BusEvent::Resubscribed).is_ok()
+                    }
+                    larder_changes::ListenEvent::Notification(payload) => {
+                        match BusMessage::decode(&payload) {
+                            Some(m) => events.send(BusEvent::Message(m)).is_ok(),
+                            None => {
+                                tracing::warn!(payload, "postgres bus: unknown message ignored");
+                                true
                             }
                         }
-                        tracing::warn!(channel, "postgres bus: listener lost; reconnecting");
                     }
-                    Ok(Err(e)) => tracing::debug!(error = %e, "postgres bus: cannot listen yet"),
-                    Err(_) => tracing::debug!("postgres bus: listening timed out"),
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
+                    _ => true,
+                };
+                // Nobody listens to the events any more: stop.
+                std::future::ready(if sent {
+                    std::ops::ControlFlow::Continue(())
+                } else {
+                    std::ops::ControlFlow::Break(())
+                })
+            })
+            .await;
         });
         Ok(())
     }

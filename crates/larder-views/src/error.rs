@@ -66,6 +66,12 @@ impl Error {
     }
 }
 
+impl From<larder_changes::Error> for Error {
+    fn from(e: larder_changes::Error) -> Error {
+        Error::Config(e.to_string())
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

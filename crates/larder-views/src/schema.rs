@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::source::{Dialect, Source};
 use crate::view::ViewDef;
 
@@ -19,17 +19,7 @@ pub const TICKET: &str = "larder_view_ticket";
 pub const CHANNEL: &str = "larder_outbox";
 
 fn identifier(what: &str, s: &str) -> Result<()> {
-    let ok = !s.is_empty()
-        && s.len() <= 60
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        && !s.as_bytes()[0].is_ascii_digit();
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Config(format!(
-            "{what} {s:?} is not a plain identifier (letters, digits, _; at most 60)"
-        )))
-    }
+    Ok(larder_changes::check_identifier(what, s)?)
 }
 
 /// The columns each source table's trigger captures: the union of what

@@ -8,91 +8,9 @@ use sqlx::{AnyPool, Arguments, Column, Row};
 
 use crate::error::{Error, Result};
 
-/// The SQL dialect of the source database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Dialect {
-    /// PostgreSQL.
-    Postgres,
-    /// MySQL or MariaDB.
-    MySql,
-    /// SQLite.
-    Sqlite,
-}
-
-impl Dialect {
-    /// The dialect of a database URL (`postgres://`, `mysql://`/`mariadb://`,
-    /// `sqlite:`).
-    pub fn from_url(url: &str) -> Result<Dialect> {
-        let scheme = url.split(':').next().unwrap_or_default();
-        match scheme {
-            "postgres" | "postgresql" => Ok(Dialect::Postgres),
-            "mysql" | "mariadb" => Ok(Dialect::MySql),
-            "sqlite" => Ok(Dialect::Sqlite),
-            _ => Err(Error::Config(format!(
-                "unsupported database URL scheme {scheme:?} (use postgres://, mysql:// or sqlite:)"
-            ))),
-        }
-    }
-
-    /// The `n`th (1-based) bind placeholder.
-    pub fn placeholder(self, n: usize) -> String {
-        match self {
-            Dialect::Postgres => format!("${n}"),
-            _ => "?".to_owned(),
-        }
-    }
-
-    /// `count` placeholders from `first`, comma-separated.
-    pub(crate) fn placeholders(self, first: usize, count: usize) -> String {
-        (first..first + count)
-            .map(|n| self.placeholder(n))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
-
-    /// An SQL expression for the database's wall clock in Unix milliseconds.
-    pub fn now_ms(self) -> &'static str {
-        match self {
-            Dialect::Postgres => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
-            Dialect::MySql => "CAST(ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)",
-            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
-        }
-    }
-
-    /// Rewrites `$1`-style placeholders to `?` for MySQL and SQLite, so a
-    /// view's SQL can be written once. (Only outside quotes.)
-    pub fn adapt(self, sql: &str) -> String {
-        if self == Dialect::Postgres {
-            return sql.to_owned();
-        }
-        let mut out = String::with_capacity(sql.len());
-        let mut chars = sql.chars().peekable();
-        let mut quote: Option<char> = None;
-        while let Some(c) = chars.next() {
-            match quote {
-                Some(q) => {
-                    out.push(c);
-                    if c == q {
-                        quote = None;
-                    }
-                }
-                None if c == '\'' || c == '"' || c == '`' => {
-                    quote = Some(c);
-                    out.push(c);
-                }
-                None if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) => {
-                    while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
-                        chars.next();
-                    }
-                    out.push('?');
-                }
-                None => out.push(c),
-            }
-        }
-        out
-    }
-}
+/// The SQL dialect of the source database (one type shared with
+/// larder-query and larder-sql).
+pub use larder_changes::Dialect;
 
 /// The source database connection.
 #[derive(Clone)]

@@ -409,29 +409,12 @@ impl Drop for Heartbeat {
     }
 }
 
-/// Wakes the worker on every NOTIFY; reconnects with backoff, waking once
-/// after each (re)connection since notifications sent meanwhile are lost.
+/// Wakes the worker on every NOTIFY, and once after each (re)connection,
+/// since notifications sent meanwhile are lost.
 async fn listen(url: String, wake: Arc<Notify>) {
-    let mut backoff = Duration::from_millis(50);
-    loop {
-        let connected = async {
-            let mut l = sqlx::postgres::PgListener::connect(&url).await?;
-            l.listen(CHANNEL).await?;
-            Ok::<_, sqlx::Error>(l)
-        }
-        .await;
-        match connected {
-            Ok(mut l) => {
-                backoff = Duration::from_millis(50);
-                wake.notify_one();
-                while let Ok(Some(_)) = l.try_recv().await {
-                    wake.notify_one();
-                }
-                tracing::warn!("view worker: NOTIFY listener lost; reconnecting");
-            }
-            Err(e) => tracing::debug!(error = %e, "view worker: cannot LISTEN yet"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
+    larder_changes::listen_postgres(&url, CHANNEL, "view worker", |_| {
+        wake.notify_one();
+        std::future::ready(std::ops::ControlFlow::Continue(()))
+    })
+    .await;
 }

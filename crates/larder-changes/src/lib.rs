@@ -1,0 +1,262 @@
+//! # larder-changes
+//!
+//! Change capture shared by the crates that react to database writes:
+//! larder-query (invalidating cached query results), larder-views
+//! (rebuilding denormalized documents) and larder-sql (the PostgreSQL
+//! invalidation bus of near caches). One home for what they had each
+//! written for themselves:
+//!
+//! - [`Dialect`]: which database a URL names, its bind placeholders and
+//!   its clock as SQL;
+//! - [`is_identifier`] / [`check_identifier`]: the rule for names spliced
+//!   into DDL and trigger bodies (they cannot be bound as parameters);
+//! - [`listen_postgres`]: the one reconnecting `LISTEN` loop, which says
+//!   when it (re)connected, because PostgreSQL does not queue
+//!   notifications for a listener that is away: a consumer resyncs then.
+//!
+//! ```
+//! use larder_changes::{check_identifier, Dialect};
+//! let d = Dialect::from_url("postgres://app@127.0.0.1/app")?;
+//! assert_eq!(d.placeholders(1, 3), "$1, $2, $3");
+//! assert!(check_identifier("table", "comments").is_ok());
+//! assert!(check_identifier("table", "comments; DROP TABLE x").is_err());
+//! # Ok::<(), larder_changes::Error>(())
+//! ```
+#![warn(missing_docs)]
+
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::time::Duration;
+
+/// Errors of this crate: configuration mistakes, caught before any SQL
+/// runs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A database URL whose scheme is not one of ours.
+    #[error("unsupported database URL scheme {scheme:?} (use postgres://, mysql:// or sqlite:)")]
+    UnsupportedUrl {
+        /// The scheme found.
+        scheme: String,
+    },
+    /// A name that would be spliced into SQL but is not a plain
+    /// identifier.
+    #[error("{what} {name:?} is not a plain identifier (letters, digits, _; at most 60; not starting with a digit)")]
+    NotAnIdentifier {
+        /// What the name is for ("table", "column", …).
+        what: String,
+        /// The name refused.
+        name: String,
+    },
+}
+
+/// The SQL dialect of a database.
+///
+/// Deliberately exhaustive: every crate that builds SQL per dialect
+/// matches on it, and a new dialect must fail to compile in each of them
+/// until its DDL and queries are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dialect {
+    /// PostgreSQL.
+    Postgres,
+    /// MySQL or MariaDB.
+    MySql,
+    /// SQLite.
+    Sqlite,
+}
+
+impl Dialect {
+    /// The dialect of a URL scheme (`postgres`, `postgresql`, `mysql`,
+    /// `mariadb`, `sqlite`).
+    pub fn from_scheme(scheme: &str) -> Option<Dialect> {
+        match scheme {
+            "postgres" | "postgresql" => Some(Dialect::Postgres),
+            "mysql" | "mariadb" => Some(Dialect::MySql),
+            "sqlite" => Some(Dialect::Sqlite),
+            _ => None,
+        }
+    }
+
+    /// The dialect of a database URL (`postgres://`, `mysql://` /
+    /// `mariadb://`, `sqlite:`).
+    pub fn from_url(url: &str) -> Result<Dialect, Error> {
+        let scheme = url.split(':').next().unwrap_or_default();
+        Dialect::from_scheme(scheme).ok_or_else(|| Error::UnsupportedUrl {
+            scheme: scheme.to_owned(),
+        })
+    }
+
+    /// The `n`th (1-based) bind placeholder: `$n` on PostgreSQL, `?`
+    /// elsewhere.
+    pub fn placeholder(self, n: usize) -> String {
+        match self {
+            Dialect::Postgres => format!("${n}"),
+            _ => "?".to_owned(),
+        }
+    }
+
+    /// `count` placeholders from the `first`, comma-separated.
+    pub fn placeholders(self, first: usize, count: usize) -> String {
+        (first..first + count)
+            .map(|n| self.placeholder(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Rewrites `$1`-style placeholders to `?` for MySQL and SQLite, so a
+    /// view's SQL can be written once. (Only outside quotes.)
+    pub fn adapt(self, sql: &str) -> String {
+        if self == Dialect::Postgres {
+            return sql.to_owned();
+        }
+        let mut out = String::with_capacity(sql.len());
+        let mut chars = sql.chars().peekable();
+        let mut quote: Option<char> = None;
+        while let Some(c) = chars.next() {
+            match quote {
+                Some(q) => {
+                    out.push(c);
+                    if c == q {
+                        quote = None;
+                    }
+                }
+                None if c == '\'' || c == '"' || c == '`' => {
+                    quote = Some(c);
+                    out.push(c);
+                }
+                None if c == '$' && chars.peek().is_some_and(|d| d.is_ascii_digit()) => {
+                    while chars.peek().is_some_and(|d| d.is_ascii_digit()) {
+                        chars.next();
+                    }
+                    out.push('?');
+                }
+                None => out.push(c),
+            }
+        }
+        out
+    }
+
+    /// An SQL expression for the database's wall clock in Unix
+    /// milliseconds.
+    pub fn now_ms(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+            Dialect::MySql => "CAST(ROUND(UNIX_TIMESTAMP(NOW(3)) * 1000) AS SIGNED)",
+            Dialect::Sqlite => "CAST((julianday('now') - 2440587.5) * 86400000.0 AS INTEGER)",
+        }
+    }
+}
+
+/// Whether `name` may be spliced into SQL as it is: ASCII letters, digits
+/// and `_`, not starting with a digit, at most 60 bytes (trigger and
+/// function names built from it stay under PostgreSQL's 63 and MySQL's 64).
+pub fn is_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 60
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.as_bytes()[0].is_ascii_digit()
+}
+
+/// [`is_identifier`], as an error naming `what` the name is for.
+pub fn check_identifier(what: &str, name: &str) -> Result<(), Error> {
+    if is_identifier(name) {
+        Ok(())
+    } else {
+        Err(Error::NotAnIdentifier {
+            what: what.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
+/// What [`listen_postgres`] hands its consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListenEvent {
+    /// The listener (re)connected and listens now. Notifications sent
+    /// while it was away are lost: resync from the source of truth.
+    Connected,
+    /// A notification's payload.
+    Notification(String),
+}
+
+/// How long one connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// The first and the longest wait between connection attempts.
+const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
+
+/// LISTENs on `channel` of the PostgreSQL database at `url` until
+/// `on_event` returns [`ControlFlow::Break`], reconnecting with backoff
+/// (50 ms doubling to 2 s; each attempt bounded to 2 s) whenever the
+/// connection is lost or cannot be made. `what` names the consumer in
+/// logs.
+///
+/// Run it in a task of its own; it returns only when the consumer says
+/// stop (or never, if it does not).
+pub async fn listen_postgres<F, Fut>(url: &str, channel: &str, what: &str, mut on_event: F)
+where
+    F: FnMut(ListenEvent) -> Fut,
+    Fut: Future<Output = ControlFlow<()>>,
+{
+    let mut backoff = BACKOFF.0;
+    loop {
+        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
+            let mut l = sqlx::postgres::PgListener::connect(url).await?;
+            l.listen(channel).await?;
+            Ok::<_, sqlx::Error>(l)
+        })
+        .await;
+        match connected {
+            Ok(Ok(mut listener)) => {
+                backoff = BACKOFF.0;
+                if on_event(ListenEvent::Connected).await.is_break() {
+                    return;
+                }
+                // try_recv reports a lost connection as Ok(None) (and
+                // reconnects itself on the next call): start over instead,
+                // so the consumer hears about the reconnection.
+                while let Ok(Some(n)) = listener.try_recv().await {
+                    let event = ListenEvent::Notification(n.payload().to_owned());
+                    if on_event(event).await.is_break() {
+                        return;
+                    }
+                }
+                tracing::warn!(channel, "{what}: LISTEN connection lost; reconnecting");
+            }
+            Ok(Err(e)) => tracing::debug!(error = %e, channel, "{what}: cannot LISTEN yet"),
+            Err(_) => tracing::debug!(channel, "{what}: LISTEN connection attempt timed out"),
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF.1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        for ok in ["comments", "_x", "a1", &"a".repeat(60)] {
+            assert!(is_identifier(ok), "{ok}");
+        }
+        for bad in ["", "1a", "a-b", "a b", "a;", "\"a\"", "é", &"a".repeat(61)] {
+            assert!(!is_identifier(bad), "{bad}");
+        }
+        assert_eq!(
+            check_identifier("column", "x y").unwrap_err().to_string(),
+            "column \"x y\" is not a plain identifier (letters, digits, _; at most 60; not starting with a digit)"
+        );
+    }
+
+    #[test]
+    fn dialects() {
+        assert_eq!(Dialect::from_url("mariadb://root@h/db"), Ok(Dialect::MySql));
+        assert_eq!(Dialect::from_url("sqlite:x.db"), Ok(Dialect::Sqlite));
+        assert!(matches!(
+            Dialect::from_url("oracle://x"),
+            Err(Error::UnsupportedUrl { scheme }) if scheme == "oracle"
+        ));
+        assert_eq!(Dialect::MySql.placeholders(2, 2), "?, ?");
+    }
+}
