@@ -12,7 +12,10 @@
 //!   into DDL and trigger bodies (they cannot be bound as parameters);
 //! - [`listen_postgres`]: the one reconnecting `LISTEN` loop, which says
 //!   when it (re)connected, because PostgreSQL does not queue
-//!   notifications for a listener that is away: a consumer resyncs then.
+//!   notifications for a listener that is away: a consumer resyncs then;
+//! - [`logical`] (feature `logical`): PostgreSQL logical replication
+//!   (`pgoutput`) as a source of committed row changes, old and new values
+//!   included, with nothing added to the writers' transactions.
 //!
 //! ```
 //! use larder_changes::{check_identifier, Dialect};
@@ -27,6 +30,9 @@
 use std::future::Future;
 use std::ops::ControlFlow;
 use std::time::Duration;
+
+#[cfg(feature = "logical")]
+pub mod logical;
 
 /// Errors of this crate: configuration mistakes, caught before any SQL
 /// runs.

@@ -23,11 +23,15 @@ mod capture;
 mod generations;
 mod outside;
 mod query_cache;
+#[cfg(feature = "logical")]
+mod replication;
 mod rows;
 
 pub use analyze::{analyze, normalize, Analysis, Schema, SqlDialect, PURE_FUNCTIONS};
 pub use capture::CaptureRow;
 pub use generations::Generations;
+#[cfg(feature = "logical")]
+pub use larder_changes::logical::LogicalConfig;
 pub use outside::{install, install_sql, listen_postgres, CHANNEL, GENERATIONS_TABLE};
 pub use query_cache::{
     CacheableDb, CachedTransaction, OutsideWrites, Param, QueryCache, QueryStats, RowsAffected,

@@ -17,7 +17,7 @@ use crate::rows::{Canon, Const, RowDeps};
 
 /// The pseudo-table every cached query depends on: bumped when a statement
 /// we could not analyze may have written anything.
-const EVERYTHING: &str = "*";
+pub(crate) const EVERYTHING: &str = "*";
 
 /// A bound parameter. Parameters are part of the cache key, so they are
 /// values we can hash, not arbitrary `Encode` types.
@@ -1002,6 +1002,25 @@ where
                 tokio::time::sleep(interval).await;
             }
         })
+    }
+}
+
+#[cfg(feature = "logical")]
+impl QueryCache<sqlx::Postgres> {
+    /// Reacts to outside writes through PostgreSQL logical replication
+    /// (the server needs `wal_level = logical`): every committed row change
+    /// of `config.tables` (psql, other services, this application too)
+    /// bumps the generations of the values its old and new rows hold, so
+    /// row-level reads of other rows stay cached, with nothing added to the
+    /// writers' transactions (no triggers). `TRUNCATE` invalidates the
+    /// table. The slot keeps the position: after a restart the changes
+    /// made meanwhile arrive; a slot found missing (dropped) invalidates
+    /// every watched table. Runs until the handle is aborted.
+    pub fn watch_replication(
+        &self,
+        config: larder_changes::logical::LogicalConfig,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(crate::replication::watch(config, self.generations.clone()))
     }
 }
 
