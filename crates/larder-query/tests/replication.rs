@@ -64,6 +64,14 @@ async fn outside_writes_arrive_row_by_row() {
         .connect(URL)
         .await
         .expect("the logical-replication PostgreSQL of scripts/services on 127.0.0.1:25432");
+    // Slots left by earlier runs that failed keep WAL on the server.
+    sqlx::query(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+         WHERE NOT active AND (slot_name LIKE 'larder_test_%' OR slot_name LIKE 'larder_rlm_%')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let pid = std::process::id();
     let t = format!("rp_comments_{pid}");
     sqlx::raw_sql(&format!(

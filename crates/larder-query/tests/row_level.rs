@@ -127,6 +127,55 @@ fn sql(tag: &str, dollar: bool, int: &str, truncate: bool) -> Sql {
     }
 }
 
+/// Starts the change source of the model: nothing for triggers (polled),
+/// the replication stream for `logical` (its handle is returned).
+macro_rules! model_source {
+    (triggers, $qc:expr, $s:expr) => {
+        ()
+    };
+    (logical, $qc:expr, $s:expr) => {{
+        let name = format!("larder_rlm_{}", std::process::id());
+        let config = larder_query::LogicalConfig::new(
+            LOGICAL_URL,
+            &name,
+            &name,
+            [$s.comments.clone(), $s.posts.clone()],
+        )
+        .unwrap();
+        WatchGuard($qc.watch_replication(config.clone()), config)
+    }};
+}
+
+const LOGICAL_URL: &str = "postgres://postgres@127.0.0.1:25432/test";
+
+/// Stops the stream and drops its slot, so the server keeps no WAL for a
+/// finished test.
+struct WatchGuard(tokio::task::JoinHandle<()>, larder_query::LogicalConfig);
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.0.abort();
+        let config = self.1.clone();
+        // The walsender may hold the slot for a moment after the abort.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                for _ in 0..100 {
+                    if larder_changes::logical::drop_slot(&config).await.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            });
+        })
+        .join()
+        .unwrap();
+    }
+}
+
 macro_rules! setup {
     ($pool:expr, $dialect:expr, $s:expr, $bigint:expr) => {{
         let s: &Sql = $s;
@@ -280,13 +329,68 @@ macro_rules! other_rows_stay_cached {
 }
 
 /// Scenario 2: the seeded model.
+/// How outside writes reach the cache in the model: one poll of the
+/// trigger counts, or (PostgreSQL) the logical replication stream, drained.
+macro_rules! outside_sync {
+    (triggers, $qc:expr, $seen:expr, $pool:expr, $s:expr) => {
+        $qc.sync_outside_writes(&mut $seen).await.unwrap();
+    };
+    (logical, $qc:expr, $seen:expr, $pool:expr, $s:expr) => {
+        let _ = &mut $seen; // the trigger counts are not used here
+        drain(&$qc, &$pool, $s).await;
+    };
+}
+
+/// Waits until the replication stream has handled every change committed
+/// so far: changes arrive in commit order, so once a new write to a
+/// sentinel post has invalidated its cached read, all earlier ones have
+/// been handled.
+async fn drain(qc: &QueryCache<sqlx::Postgres>, pool: &sqlx::PgPool, s: &Sql) {
+    static NEXT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(1_000_000);
+    let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let sentinel = 1_000_000i64;
+    let before: Vec<R> = qc
+        .fetch_all(&s.by_post, &[Param::from(sentinel)])
+        .await
+        .unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO {} (id, post_id, n) VALUES ($1, $2, 0)",
+        s.comments
+    ))
+    .bind(id)
+    .bind(sentinel)
+    .execute(pool)
+    .await
+    .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let now: Vec<R> = qc
+            .fetch_all(&s.by_post, &[Param::from(sentinel)])
+            .await
+            .unwrap();
+        if now.iter().any(|r| r.id == id) {
+            return;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the replication stream did not deliver within 20 s (had {} rows)",
+            before.len()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+}
+
 macro_rules! model {
-    ($pool:expr, $dialect:expr, $s:expr) => {{
+    ($pool:expr, $dialect:expr, $s:expr) => {
+        model!($pool, $dialect, $s, triggers)
+    };
+    ($pool:expr, $dialect:expr, $s:expr, $source:ident) => {{
         let s: &Sql = $s;
         let pool = $pool;
         let qc = QueryCache::new(pool.clone(), mem(), $dialect, Ttl::secs(600));
         let mut seen = OutsideWrites::default();
-        qc.sync_outside_writes(&mut seen).await.unwrap();
+        let _watch = model_source!($source, qc, s);
+        outside_sync!($source, qc, seen, pool, s);
         let p = |v: i64| Param::from(v);
         let seed: u64 = std::env::var("MODEL_SEED")
             .ok()
@@ -359,7 +463,7 @@ macro_rules! model {
                         .execute(&pool)
                         .await
                         .unwrap();
-                    qc.sync_outside_writes(&mut seen).await.unwrap();
+                    outside_sync!($source, qc, seen, pool, s);
                 }
                 18 => {
                     let title = if rng.bool() { "hidden" } else { "shown" };
@@ -497,4 +601,16 @@ async fn mariadb_row_level_model() {
     let s = sql("mm", false, "SIGNED", true);
     setup!(pool, SqlDialect::MySql, &s, "BIGINT");
     model!(pool.clone(), SqlDialect::MySql, &s);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_logical_row_level_model() {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(LOGICAL_URL)
+        .await
+        .expect("the logical-replication PostgreSQL of scripts/services on 127.0.0.1:25432");
+    let s = sql("pl", true, "BIGINT", true);
+    setup!(pool, SqlDialect::Postgres, &s, "BIGINT");
+    model!(pool.clone(), SqlDialect::Postgres, &s, logical);
 }
