@@ -57,6 +57,55 @@ struct Common {
     /// larder-views.toml, else larder.toml).
     #[arg(long = "views", global = true, env = "LARDER_VIEWS_FILE")]
     views_file: Option<String>,
+    /// How writes to the source tables are captured: `triggers` (every
+    /// database) or `logical` (PostgreSQL logical replication, no
+    /// triggers; the server needs wal_level=logical). `install` and `work`
+    /// must agree.
+    #[arg(
+        long,
+        global = true,
+        env = "LARDER_VIEWS_CAPTURE",
+        default_value = "triggers"
+    )]
+    capture: Capture,
+    /// The replication slot for `--capture logical` (default:
+    /// larder_views_<database name>; a slot belongs to one database).
+    #[arg(long, global = true, env = "LARDER_VIEWS_SLOT")]
+    slot: Option<String>,
+}
+
+/// How writes are captured (see `--capture`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Capture {
+    /// Triggers write every row change into the outbox.
+    Triggers,
+    /// A feeder in `work` copies the replication stream into the outbox.
+    Logical,
+}
+
+/// The slot `--capture logical` uses.
+fn slot_name(common: &Common) -> String {
+    if let Some(s) = &common.slot {
+        return s.clone();
+    }
+    let db = common
+        .database
+        .as_deref()
+        .and_then(|u| u.rsplit('/').next())
+        .map(|d| d.split('?').next().unwrap_or(d))
+        .unwrap_or("source");
+    let clean: String = db
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '_'
+            }
+        })
+        .take(40)
+        .collect();
+    format!("larder_views_{clean}")
 }
 
 #[derive(Subcommand, Debug)]
@@ -321,11 +370,27 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
                 return Ok(());
             }
             let views = open(&common, 2).await?;
-            views.install().await.map_err(failed)?;
-            println!(
-                "installed the outbox and triggers for {}",
-                views.names().join(", ")
-            );
+            if common.capture == Capture::Logical {
+                views.install_for_replication().await.map_err(failed)?;
+                let config = views
+                    .replication_config(&slot_name(&common))
+                    .map_err(failed)?;
+                let created = larder_views::logical::ensure_slot(&config)
+                    .await
+                    .map_err(failed)?;
+                println!(
+                    "installed the outbox for {} (capture: logical replication, slot {}{})",
+                    views.names().join(", "),
+                    config.slot,
+                    if created { ", created" } else { "" }
+                );
+            } else {
+                views.install().await.map_err(failed)?;
+                println!(
+                    "installed the outbox and triggers for {}",
+                    views.names().join(", ")
+                );
+            }
         }
         ViewsCommand::Work {
             workers,
@@ -342,6 +407,15 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
                 .lease(Duration::from_millis(lease_ms))
                 .max_attempts(max_attempts);
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            let feeder = match common.capture {
+                Capture::Logical => {
+                    let config = views
+                        .replication_config(&slot_name(&common))
+                        .map_err(failed)?;
+                    Some(views.feed_from_replication(config))
+                }
+                Capture::Triggers => None,
+            };
             let mut handles = Vec::new();
             for _ in 0..workers.max(1) {
                 let w = views.worker(config.clone());
@@ -357,6 +431,9 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
                 views.store().name()
             );
             shutdown_signal().await;
+            if let Some(f) = feeder {
+                f.abort();
+            }
             let _ = stop_tx.send(true);
             for h in handles {
                 let _ = h.await;

@@ -64,6 +64,8 @@
 mod error;
 mod outbox;
 mod redis_store;
+#[cfg(feature = "logical")]
+mod replication;
 mod schema;
 mod source;
 mod sql_store;
@@ -73,6 +75,8 @@ mod views;
 mod worker;
 
 pub use error::{BoxError, Error, Result, MAX_KEY_LEN};
+#[cfg(feature = "logical")]
+pub use larder_changes::logical::{self, LogicalConfig};
 pub use outbox::{enqueue_sql, record_keys};
 pub use redis_store::RedisStore;
 pub use schema::{install_sql, CHANNEL, DEAD_TABLE, OUTBOX_TABLE, TICKET};
