@@ -268,113 +268,107 @@ pub trait CaptureRow {
     fn captured(&self, dialect: SqlDialect) -> Vec<(String, Canon)>;
 }
 
+/// Every column of `row`: its lowercased name, and `canon(index, type
+/// name)` of its value (NULL equals no integer; a value that cannot be
+/// read could be anything).
+fn each_column<R>(row: &R, canon: impl Fn(usize, &str) -> Canon) -> Vec<(String, Canon)>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+{
+    use sqlx::{Column, TypeInfo, ValueRef};
+    row.columns()
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let ty = match row.try_get_raw(i) {
+                Ok(v) if v.is_null() => None,
+                Ok(v) => Some(Ok(v.type_info().name().to_owned())),
+                Err(_) => Some(Err(())),
+            };
+            let value = match ty {
+                None => Canon::NoInt,
+                Some(Ok(ty)) => canon(i, &ty),
+                Some(Err(())) => Canon::Unknown,
+            };
+            (c.name().to_ascii_lowercase(), value)
+        })
+        .collect()
+}
+
 impl CaptureRow for sqlx::postgres::PgRow {
     fn captured(&self, _: SqlDialect) -> Vec<(String, Canon)> {
-        use sqlx::{Column, Row, TypeInfo, ValueRef};
-        let mut out = Vec::with_capacity(self.columns().len());
-        for (i, c) in self.columns().iter().enumerate() {
-            let name = c.name().to_ascii_lowercase();
-            let canon = match self.try_get_raw(i) {
-                Ok(v) if v.is_null() => Canon::NoInt,
-                Ok(v) => match v.type_info().name() {
-                    "INT2" => self
-                        .try_get::<i16, _>(i)
-                        .map_or(Canon::Unknown, |n| Canon::Int(n.into())),
-                    "INT4" => self
-                        .try_get::<i32, _>(i)
-                        .map_or(Canon::Unknown, |n| Canon::Int(n.into())),
-                    "INT8" => self.try_get::<i64, _>(i).map_or(Canon::Unknown, Canon::Int),
-                    "FLOAT4" => self
-                        .try_get::<f32, _>(i)
-                        .map_or(Canon::Unknown, |f| canon_f64(f.into())),
-                    "FLOAT8" => self.try_get::<f64, _>(i).map_or(Canon::Unknown, canon_f64),
-                    // PostgreSQL refuses to compare these with an integer.
-                    "TEXT" | "VARCHAR" | "BPCHAR" | "CHAR" | "NAME" | "BOOL" | "BYTEA" | "UUID"
-                    | "JSON" | "JSONB" | "TIMESTAMP" | "TIMESTAMPTZ" | "DATE" | "TIME"
-                    | "TIMETZ" | "INTERVAL" | "INET" | "CIDR" => Canon::NoInt,
-                    // NUMERIC, OID, domains, …: could equal an integer.
-                    _ => Canon::Unknown,
-                },
-                Err(_) => Canon::Unknown,
-            };
-            out.push((name, canon));
-        }
-        out
+        use sqlx::Row;
+        each_column(self, |i, ty| match ty {
+            "INT2" => self
+                .try_get::<i16, _>(i)
+                .map_or(Canon::Unknown, |n| Canon::Int(n.into())),
+            "INT4" => self
+                .try_get::<i32, _>(i)
+                .map_or(Canon::Unknown, |n| Canon::Int(n.into())),
+            "INT8" => self.try_get::<i64, _>(i).map_or(Canon::Unknown, Canon::Int),
+            "FLOAT4" => self
+                .try_get::<f32, _>(i)
+                .map_or(Canon::Unknown, |f| canon_f64(f.into())),
+            "FLOAT8" => self.try_get::<f64, _>(i).map_or(Canon::Unknown, canon_f64),
+            // PostgreSQL refuses to compare these with an integer.
+            "TEXT" | "VARCHAR" | "BPCHAR" | "CHAR" | "NAME" | "BOOL" | "BYTEA" | "UUID"
+            | "JSON" | "JSONB" | "TIMESTAMP" | "TIMESTAMPTZ" | "DATE" | "TIME" | "TIMETZ"
+            | "INTERVAL" | "INET" | "CIDR" => Canon::NoInt,
+            // NUMERIC, OID, domains, …: could equal an integer.
+            _ => Canon::Unknown,
+        })
     }
 }
 
 impl CaptureRow for sqlx::mysql::MySqlRow {
     fn captured(&self, dialect: SqlDialect) -> Vec<(String, Canon)> {
-        use sqlx::{Column, Row, TypeInfo, ValueRef};
-        let mut out = Vec::with_capacity(self.columns().len());
-        for (i, c) in self.columns().iter().enumerate() {
-            let name = c.name().to_ascii_lowercase();
-            let canon = match self.try_get_raw(i) {
-                Ok(v) if v.is_null() => Canon::NoInt,
-                Ok(v) => {
-                    let ty = v.type_info().name().to_owned();
-                    match ty.as_str() {
-                        "BOOLEAN" | "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => {
-                            self.try_get::<i64, _>(i).map_or(Canon::Unknown, Canon::Int)
-                        }
-                        t if t.ends_with("UNSIGNED") => {
-                            self.try_get::<u64, _>(i).map_or(Canon::Unknown, |n| {
-                                i64::try_from(n).map_or(Canon::NoInt, Canon::Int)
-                            })
-                        }
-                        "DOUBLE" => self.try_get::<f64, _>(i).map_or(Canon::Unknown, canon_f64),
-                        "FLOAT" => self
-                            .try_get::<f32, _>(i)
-                            .map_or(Canon::Unknown, |f| canon_f64(f.into())),
-                        "NULL" => Canon::NoInt,
-                        "VARCHAR" | "CHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT"
-                        | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BINARY"
-                        | "VARBINARY" => match self.try_get::<String, _>(i) {
-                            Ok(s) => canon_text(dialect, &s),
-                            Err(_) => self.try_get::<Vec<u8>, _>(i).map_or(Canon::Unknown, |b| {
-                                canon_text(dialect, &String::from_utf8_lossy(&b))
-                            }),
-                        },
-                        // DECIMAL, dates (compared as numbers), ENUM (by
-                        // index), BIT, SET, YEAR: could equal an integer.
-                        _ => Canon::Unknown,
-                    }
+        use sqlx::Row;
+        each_column(self, |i, ty| match ty {
+            "BOOLEAN" | "TINYINT" | "SMALLINT" | "MEDIUMINT" | "INT" | "BIGINT" => {
+                self.try_get::<i64, _>(i).map_or(Canon::Unknown, Canon::Int)
+            }
+            t if t.ends_with("UNSIGNED") => self.try_get::<u64, _>(i).map_or(Canon::Unknown, |n| {
+                i64::try_from(n).map_or(Canon::NoInt, Canon::Int)
+            }),
+            "DOUBLE" => self.try_get::<f64, _>(i).map_or(Canon::Unknown, canon_f64),
+            "FLOAT" => self
+                .try_get::<f32, _>(i)
+                .map_or(Canon::Unknown, |f| canon_f64(f.into())),
+            "NULL" => Canon::NoInt,
+            "VARCHAR" | "CHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT" | "BLOB"
+            | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BINARY" | "VARBINARY" => {
+                match self.try_get::<String, _>(i) {
+                    Ok(s) => canon_text(dialect, &s),
+                    Err(_) => self.try_get::<Vec<u8>, _>(i).map_or(Canon::Unknown, |b| {
+                        canon_text(dialect, &String::from_utf8_lossy(&b))
+                    }),
                 }
-                Err(_) => Canon::Unknown,
-            };
-            out.push((name, canon));
-        }
-        out
+            }
+            // DECIMAL, dates (compared as numbers), ENUM (by
+            // index), BIT, SET, YEAR: could equal an integer.
+            _ => Canon::Unknown,
+        })
     }
 }
 
 impl CaptureRow for sqlx::sqlite::SqliteRow {
     fn captured(&self, dialect: SqlDialect) -> Vec<(String, Canon)> {
-        use sqlx::{Column, Row, TypeInfo, ValueRef};
-        let mut out = Vec::with_capacity(self.columns().len());
-        for (i, c) in self.columns().iter().enumerate() {
-            let name = c.name().to_ascii_lowercase();
-            // SQLite types values, not columns: go by the value's class.
-            let canon = match self.try_get_raw(i) {
-                Ok(v) if v.is_null() => Canon::NoInt,
-                Ok(v) => match v.type_info().name() {
-                    "INTEGER" => self
-                        .try_get_unchecked::<i64, _>(i)
-                        .map_or(Canon::Unknown, Canon::Int),
-                    "REAL" => self
-                        .try_get_unchecked::<f64, _>(i)
-                        .map_or(Canon::Unknown, canon_f64),
-                    "TEXT" => self
-                        .try_get_unchecked::<String, _>(i)
-                        .map_or(Canon::Unknown, |s| canon_text(dialect, &s)),
-                    "BLOB" => Canon::NoInt,
-                    _ => Canon::Unknown,
-                },
-                Err(_) => Canon::Unknown,
-            };
-            out.push((name, canon));
-        }
-        out
+        use sqlx::Row;
+        // SQLite types values, not columns: go by the value's class.
+        each_column(self, |i, ty| match ty {
+            "INTEGER" => self
+                .try_get_unchecked::<i64, _>(i)
+                .map_or(Canon::Unknown, Canon::Int),
+            "REAL" => self
+                .try_get_unchecked::<f64, _>(i)
+                .map_or(Canon::Unknown, canon_f64),
+            "TEXT" => self
+                .try_get_unchecked::<String, _>(i)
+                .map_or(Canon::Unknown, |s| canon_text(dialect, &s)),
+            "BLOB" => Canon::NoInt,
+            _ => Canon::Unknown,
+        })
     }
 }
 
