@@ -331,9 +331,13 @@ async fn serve(
             Some(bound)
         }
     };
-    eprintln!(
+    // The bound addresses, not the requested ones: with port 0 this line is
+    // how a supervisor (or a test) learns where the proxy listens. Stdout,
+    // like `larder demo: URL`, so logs on stderr never interleave with it.
+    let bound = listener.local_addr().unwrap_or(args.listen);
+    println!(
         "larder proxy: http://{} -> {} (cache {}); admin {}",
-        args.listen,
+        bound,
         args.upstream,
         cache_url,
         admin_addr.map_or("off".to_owned(), |a| format!("http://{a}/_larder")),

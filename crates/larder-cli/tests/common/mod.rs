@@ -202,14 +202,16 @@ pub fn start_proxy_with(
     cache: &str,
     extra: &[&str],
 ) -> ProxyProcess {
-    let (port, admin) = (free_port(), free_port());
-    let child = cmd
+    // Port 0 everywhere: the proxy binds and prints what it got. Picking a
+    // free port here and passing it on races every other test binding ports
+    // in between (CI saw "Address already in use" on the admin port).
+    let mut child = cmd
         .args([
             "proxy",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
+            "127.0.0.1:0",
             "--upstream",
             &format!("http://127.0.0.1:{upstream}"),
             "--cache",
@@ -217,13 +219,39 @@ pub fn start_proxy_with(
         ])
         .args(extra)
         .env_remove("LARDER_CACHE_URL")
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("spawn larder proxy");
+    let stdout = child.stdout.take().unwrap();
     let child = Running(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if !sent && line.starts_with("larder proxy: ") {
+                sent = tx.send(line).is_ok();
+            }
+        }
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("larder proxy exited or stayed silent instead of printing its addresses");
+    let port_of = |url: &str| -> u16 {
+        let rest = url.trim_start_matches("http://");
+        let hostport = rest.split('/').next().unwrap();
+        hostport.rsplit(':').next().unwrap().parse().unwrap()
+    };
+    // "larder proxy: http://A -> UP (cache C); admin http://B/_larder"
+    let port = port_of(line.split_whitespace().nth(2).unwrap());
+    let admin_url = line.rsplit("admin ").next().unwrap();
+    let admin = if admin_url == "off" {
+        0
+    } else {
+        port_of(admin_url)
+    };
     wait_until("the proxy", Duration::from_secs(30), || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
-            && TcpStream::connect(("127.0.0.1", admin)).is_ok()
     });
     ProxyProcess { child, port, admin }
 }
