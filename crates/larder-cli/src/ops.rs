@@ -154,7 +154,7 @@ async fn probe(config: &Config, name: &str, json: bool) -> Result<(), CliError> 
     let cache = Cache::from_url(&url).await?;
     let key = format!("larder-stats-probe-{}", std::process::id());
     let t = Instant::now();
-    cache.set(&key, &"probe", Ttl::secs(10)).await?;
+    cache.set(&key, "probe", Ttl::secs(10)).await?;
     let set = t.elapsed();
     let t = Instant::now();
     let got: Option<String> = cache.get(&key).await?;

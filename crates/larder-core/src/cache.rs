@@ -6,10 +6,10 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::value::CacheValue;
 use bytes::Bytes;
 use metrics::Counter;
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 
 use crate::backend::{Backend, Capabilities, ClearScope, LeaseGrant};
 use crate::breaker::{Admit, Breaker, BreakerConfig, BreakerState};
@@ -559,11 +559,10 @@ impl Cache {
         ttl.resolve(self.inner.default_ttl)
     }
 
-    fn encode<T: Serialize + ?Sized>(&self, value: &T) -> Result<Bytes> {
-        if self.inner.envelope.codec == Codec::Postcard {
-            envelope::check_postcard_readable::<T>()?;
-        }
+    fn encode<T: CacheValue + ?Sized>(&self, value: &T) -> Result<Bytes> {
         let bytes = envelope::encode(value, &self.inner.envelope, None)?;
+        // Before the size check: an unreadable type is the clearer error.
+        T::check_reads_back(&bytes)?;
         self.check_size(&bytes)?;
         Ok(bytes)
     }
@@ -809,7 +808,7 @@ impl Cache {
     }
 
     /// Stores a value. A zero TTL removes the key instead (Django semantics).
-    pub async fn set<T: Serialize + ?Sized>(
+    pub async fn set<T: CacheValue + ?Sized>(
         &self,
         key: &str,
         value: &T,
@@ -881,7 +880,7 @@ impl Cache {
     /// Stores a value only if the key is absent or expired; returns whether
     /// it stored. With a zero TTL nothing is stored, and the result says
     /// whether it *would* have been.
-    pub async fn add<T: Serialize + ?Sized>(
+    pub async fn add<T: CacheValue + ?Sized>(
         &self,
         key: &str,
         value: &T,
@@ -1004,7 +1003,7 @@ impl Cache {
         ttl: impl Into<Ttl>,
     ) -> Result<Vec<String>>
     where
-        T: Serialize + ?Sized,
+        T: CacheValue + ?Sized,
         K: AsRef<str>,
         V: Borrow<T>,
     {

@@ -629,7 +629,10 @@ impl Cache {
                 return Err(E::from(e));
             }
         };
-        if !readable_back::<T>(&bytes) {
+        if matches!(
+            crate::value::reads_back::<T>(&bytes),
+            Err(Error::CodecCannotRead { .. })
+        ) {
             // Storing it would make a cache that never hits (every read a
             // miss, every call a computation): return the value uncached.
             if let Some(lease) = &lease {
@@ -799,34 +802,8 @@ impl Cache {
     }
 }
 
-/// Types known to read back from what they encode to (checked once each).
-static READABLE_TYPES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
 /// Types already warned about.
 static WARNED_TYPES: std::sync::Mutex<Vec<&'static str>> = std::sync::Mutex::new(Vec::new());
-
-/// Whether `T` can be decoded from `bytes`, its own encoding: false only
-/// when the codec cannot read the type back at all (postcard and a type
-/// that deserializes "any"). Decodes once per type; later calls look the
-/// type up.
-fn readable_back<T: DeserializeOwned>(bytes: &[u8]) -> bool {
-    let name = std::any::type_name::<T>();
-    let lock = |m: &'static std::sync::Mutex<Vec<&'static str>>| {
-        m.lock().unwrap_or_else(|p| p.into_inner())
-    };
-    if lock(&READABLE_TYPES).contains(&name) {
-        return true;
-    }
-    match envelope::decode::<T>(bytes) {
-        Err(envelope::DecodeError::NeedsSelfDescribing(_)) => false,
-        _ => {
-            let mut known = lock(&READABLE_TYPES);
-            if known.len() < 4096 && !known.contains(&name) {
-                known.push(name);
-            }
-            true
-        }
-    }
-}
 
 fn warn_unreadable_once<T>(cache: &str) {
     let name = std::any::type_name::<T>();

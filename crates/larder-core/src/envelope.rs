@@ -125,35 +125,6 @@ pub enum DecodeError {
     NeedsSelfDescribing(String),
 }
 
-/// Dynamic value types of the serde ecosystem: their `Deserialize` asks
-/// the format to describe itself, which postcard cannot, so they would be
-/// stored and never read back.
-const SELF_DESCRIBING_ONLY: &[&str] = &[
-    "serde_json::value::Value",
-    "serde_json::map::Map",
-    "serde_json::value::RawValue",
-    "toml::value::Value",
-    "toml::map::Map",
-    "serde_yaml::value::Value",
-    "serde_yml::value::Value",
-    "serde_value::Value",
-    "ciborium::value::Value",
-    "rmpv::Value",
-];
-
-/// Refuses, before anything is stored, the well-known types postcard can
-/// never read back (`serde_json::Value` and the other dynamic values, also
-/// inside collections): [`Error::CodecCannotRead`]. Other such types
-/// (untagged enums, `#[serde(flatten)]`) are only known when read: `get`
-/// reports them with the same error.
-pub fn check_postcard_readable<T: ?Sized>() -> Result<()> {
-    let name = std::any::type_name::<T>();
-    if SELF_DESCRIBING_ONLY.iter().any(|t| name.contains(t)) {
-        return Err(Error::CodecCannotRead { type_name: name });
-    }
-    Ok(())
-}
-
 /// Encodes `value` with the given settings.
 pub fn encode<T: Serialize + ?Sized>(
     value: &T,
@@ -536,43 +507,5 @@ mod tests {
         assert_eq!(parse_integer(b" 1"), None);
         assert_eq!(parse_integer(b"-"), None);
         assert_eq!(parse_integer(b"99999999999999999999"), None);
-    }
-
-    /// `serde_json::Value` and other dynamic values are refused at `set`
-    /// under postcard (they could never be read back), with a message that
-    /// names the type and the fix; the JSON codec stores them.
-    #[tokio::test]
-    async fn dynamic_values_are_refused_at_set_under_postcard() {
-        use crate::{Cache, DummyBackend, Ttl};
-        let c = Cache::new(DummyBackend);
-        let v = serde_json::json!({"a": [1, 2]});
-        for r in [
-            c.set("k", &v, Ttl::secs(60)).await,
-            c.set("k", &vec![v.clone()], Ttl::secs(60)).await,
-            c.add("k", &v, Ttl::secs(60)).await.map(|_| ()),
-            c.set_many::<serde_json::Value, _, _>(&[("k", v.clone())], Ttl::secs(60))
-                .await
-                .map(|_| ()),
-        ] {
-            match r {
-                Err(Error::CodecCannotRead { type_name }) => {
-                    assert!(
-                        type_name.contains("serde_json::value::Value"),
-                        "{type_name}"
-                    );
-                    let msg = Error::CodecCannotRead { type_name }.to_string();
-                    assert!(msg.contains("codec=json"), "{msg}");
-                }
-                other => panic!("expected CodecCannotRead, got {other:?}"),
-            }
-        }
-        let json = Cache::builder(DummyBackend)
-            .codec(Codec::Json)
-            .build()
-            .unwrap();
-        json.set("k", &v, Ttl::secs(60)).await.unwrap();
-        c.set("k", "plain text is fine", Ttl::secs(60))
-            .await
-            .unwrap();
     }
 }

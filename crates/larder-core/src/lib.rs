@@ -35,6 +35,7 @@ mod memo;
 pub mod near;
 mod ttl;
 pub mod url;
+mod value;
 
 pub use async_trait::async_trait;
 pub use backend::{
@@ -58,3 +59,4 @@ pub use memo::DecodedMemo;
 pub use near::{BusEvent, BusMessage, Invalidation, InvalidationBus, NearBackend};
 pub use ttl::{Expiry, Resolved, Ttl};
 pub use url::CacheUrl;
+pub use value::CacheValue;

@@ -1046,7 +1046,7 @@ pub async fn caller_errors_do_not_open_the_breaker(ctx: &Ctx) {
     let noise: Vec<u8> = (0..4000).map(|_| rng.u8(..)).collect();
     for _ in 0..6 {
         assert_eq!(
-            c.set_many::<&str, _, _>(&no_items, LONG).await.unwrap(),
+            c.set_many::<str, _, _>(&no_items, LONG).await.unwrap(),
             Vec::<String>::new()
         );
         assert_eq!(c.delete_many(&none).await.unwrap(), 0);
@@ -1498,13 +1498,42 @@ enum Loose {
 }
 
 /// Codec honesty: a type the codec cannot read back is never a silent miss
-/// forever. `get` says why (`CodecCannotRead`, naming the type);
-/// `get_or_compute` returns the loader's value uncached (and warns once);
-/// with the JSON codec the same type caches.
+/// forever. `set`, `add` and `set_many` refuse it (`CodecCannotRead`,
+/// naming the type) and leave nothing readable behind; `get` of such an
+/// entry written by someone else says the same; `get_or_compute` returns
+/// the loader's value uncached (and warns once); with the JSON codec the
+/// same type caches.
 pub async fn unreadable_types_fail_loudly(ctx: &Ctx) {
     let c = ctx.cache();
     let v = Loose::Text("hello".into());
-    c.set("loose", &v, LONG).await.unwrap();
+    let refused = |r: Result<(), Error>, call: &str| match r {
+        Err(Error::CodecCannotRead { type_name }) => {
+            assert!(type_name.contains("Loose"), "{call}: {type_name}")
+        }
+        other => panic!("{call}: expected CodecCannotRead, got {other:?}"),
+    };
+    c.set("loose", "an older value", LONG).await.unwrap();
+    refused(c.set("loose", &v, LONG).await, "set");
+    assert!(
+        !c.has_key("loose").await.unwrap(),
+        "a refused set left the superseded value"
+    );
+    refused(c.add("loose", &v, LONG).await.map(|_| ()), "add");
+    refused(
+        c.set_many::<Loose, _, _>(&[("loose", v.clone())], LONG)
+            .await
+            .map(|_| ()),
+        "set_many",
+    );
+    assert!(!c.has_key("loose").await.unwrap(), "a refused write stored");
+    // An entry of that type in postcard, as another writer (an older
+    // build, another language) could leave it.
+    let bytes = larder_core::envelope::encode(&v, &Default::default(), None).unwrap();
+    let skey = c.make_key("loose").unwrap();
+    c.backend()
+        .set(&skey, bytes, Expiry::After(Duration::from_secs(3600)))
+        .await
+        .unwrap();
     match c.get::<Loose>("loose").await {
         Err(Error::CodecCannotRead { type_name }) => assert!(type_name.contains("Loose")),
         other => panic!("expected CodecCannotRead, got {other:?}"),
