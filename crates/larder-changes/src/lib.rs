@@ -10,6 +10,11 @@
 //!   its clock as SQL;
 //! - [`is_identifier`] / [`check_identifier`]: the rule for names spliced
 //!   into DDL and trigger bodies (they cannot be bound as parameters);
+//! - [`triggers`]: the row-level capture triggers per dialect, which
+//!   append old and new values to a sink table (larder-views' outbox,
+//!   larder-query's change log);
+//! - [`changelog`]: following an append-only change log at a position
+//!   that never skips a transaction that commits late;
 //! - [`listen_postgres`]: the one reconnecting `LISTEN` loop, which says
 //!   when it (re)connected, because PostgreSQL does not queue
 //!   notifications for a listener that is away: a consumer resyncs then;
@@ -31,8 +36,10 @@ use std::future::Future;
 use std::ops::ControlFlow;
 use std::time::Duration;
 
+pub mod changelog;
 #[cfg(feature = "logical")]
 pub mod logical;
+pub mod triggers;
 
 /// Errors of this crate: configuration mistakes, caught before any SQL
 /// runs.
@@ -53,6 +60,12 @@ pub enum Error {
         what: String,
         /// The name refused.
         name: String,
+    },
+    /// A capture trigger of this dialect needs its columns by name.
+    #[error("{dialect:?} capture triggers need the columns by name")]
+    ColumnsRequired {
+        /// The dialect.
+        dialect: Dialect,
     },
 }
 

@@ -82,9 +82,11 @@ impl Views {
         }
         let mut statements = schema::tables_sql(Dialect::Postgres);
         for table in self.captured_columns()?.keys() {
-            statements.push(format!(
-                "DROP TRIGGER IF EXISTS larder_capture_{table} ON {table}"
-            ));
+            statements.extend(larder_changes::triggers::drop_trigger_sql(
+                Dialect::Postgres,
+                schema::SINK.prefix,
+                table,
+            )?);
         }
         let script = format!(
             "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('{OUTBOX_TABLE}'));\n{};\nCOMMIT;",

@@ -76,76 +76,24 @@ pub fn tables_sql(dialect: Dialect) -> Vec<String> {
     out
 }
 
-fn json_of(dialect: Dialect, row: &str, cols: &BTreeSet<String>) -> String {
-    let f = match dialect {
-        Dialect::Postgres => "json_build_object",
-        Dialect::MySql => "JSON_OBJECT",
-        Dialect::Sqlite => "json_object",
-    };
-    let args: Vec<String> = cols.iter().map(|c| format!("'{c}', {row}.{c}")).collect();
-    let obj = format!("{f}({})", args.join(", "));
-    if dialect == Dialect::Postgres {
-        format!("{obj}::text")
-    } else {
-        obj
-    }
-}
+/// How the views' triggers write: into the outbox, waking workers.
+pub const SINK: larder_changes::triggers::Sink<'static> = larder_changes::triggers::Sink {
+    prefix: "larder_capture",
+    table: OUTBOX_TABLE,
+    notify: Some(CHANNEL),
+};
 
 /// The statements installing the capture triggers for one table
-/// (replacing earlier ones, so a changed column set takes effect).
+/// (replacing earlier ones, so a changed column set takes effect). The
+/// DDL is larder-changes' ([`larder_changes::triggers`]), shared with
+/// larder-query's change log.
 pub fn trigger_sql(dialect: Dialect, table: &str, cols: &BTreeSet<String>) -> Result<Vec<String>> {
-    identifier("table", table)?;
-    let now = dialect.now_ms();
-    let o = OUTBOX_TABLE;
-    let old = json_of(dialect, "OLD", cols);
-    let new = json_of(dialect, "NEW", cols);
-    let mut out = Vec::new();
-    match dialect {
-        Dialect::Postgres => {
-            out.push(format!(
-                "CREATE OR REPLACE FUNCTION larder_capture_{table}() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                 DECLARE o TEXT; n TEXT; \
-                 BEGIN \
-                   IF TG_OP <> 'INSERT' THEN o := {old}; END IF; \
-                   IF TG_OP <> 'DELETE' THEN n := {new}; END IF; \
-                   INSERT INTO {o} (table_name, old_row, new_row, created_ms) VALUES ('{table}', o, n, {now}); \
-                   PERFORM pg_notify('{CHANNEL}', ''); \
-                   RETURN NULL; \
-                 END $$"
-            ));
-            out.push(format!(
-                "DROP TRIGGER IF EXISTS larder_capture_{table} ON {table}"
-            ));
-            out.push(format!(
-                "CREATE TRIGGER larder_capture_{table} AFTER INSERT OR UPDATE OR DELETE ON {table} \
-                 FOR EACH ROW EXECUTE FUNCTION larder_capture_{table}()"
-            ));
-        }
-        Dialect::MySql | Dialect::Sqlite => {
-            for (ev, short, o_expr, n_expr) in [
-                ("INSERT", "ins", "NULL", new.as_str()),
-                ("UPDATE", "upd", old.as_str(), new.as_str()),
-                ("DELETE", "del", old.as_str(), "NULL"),
-            ] {
-                let insert = format!(
-                    "INSERT INTO {o} (table_name, old_row, new_row, created_ms) VALUES ('{table}', {o_expr}, {n_expr}, {now})"
-                );
-                out.push(format!(
-                    "DROP TRIGGER IF EXISTS larder_capture_{table}_{short}"
-                ));
-                out.push(if dialect == Dialect::MySql {
-                    format!(
-                        "CREATE TRIGGER larder_capture_{table}_{short} AFTER {ev} ON {table} FOR EACH ROW {insert}"
-                    )
-                } else {
-                    format!(
-                        "CREATE TRIGGER larder_capture_{table}_{short} AFTER {ev} ON {table} BEGIN {insert}; END"
-                    )
-                });
-            }
-        }
-    }
-    Ok(out)
+    Ok(larder_changes::triggers::row_trigger_sql(
+        dialect,
+        SINK,
+        table,
+        larder_changes::triggers::Columns::Only(cols),
+    )?)
 }
 
 /// Every statement [`install`] runs, in order (for review, or to run by
@@ -213,8 +161,14 @@ mod tests {
         let cols: BTreeSet<String> = ["id".to_owned(), "post_id".to_owned()].into();
         for d in [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite] {
             let sql = trigger_sql(d, "comments", &cols).unwrap().join("\n");
-            assert!(sql.contains("'post_id', NEW.post_id"), "{sql}");
-            assert!(sql.contains("'post_id', OLD.post_id"), "{sql}");
+            assert!(
+                sql.contains("'post_id', ") && sql.contains("NEW.post_id"),
+                "{sql}"
+            );
+            assert!(
+                sql.contains("OLD.post_id") && sql.contains("larder_outbox"),
+                "{sql}"
+            );
             assert!(sql.contains("UPDATE") && sql.contains("DELETE") && sql.contains("INSERT"));
         }
     }
