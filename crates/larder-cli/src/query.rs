@@ -2,7 +2,7 @@
 //! application (psql, other services, raw SQL) invalidate the query cache.
 
 use clap::{Args, Subcommand};
-use larder_query::{install_sql, SqlDialect};
+use larder_query::SqlDialect;
 
 use crate::CliError;
 
@@ -20,9 +20,10 @@ pub struct QueryArgs {
 
 #[derive(Subcommand, Debug)]
 enum QueryCommand {
-    /// Create the larder_generations table and the change-counting triggers
-    /// on the given tables (idempotent). PostgreSQL: statement triggers that
-    /// also NOTIFY; MySQL/MariaDB and SQLite: row triggers, polled.
+    /// Create the larder_changes log and the capture triggers on the given
+    /// tables (idempotent; run again after adding a column): row triggers
+    /// logging each changed row's old and new values, which the query
+    /// cache reads (polled; on PostgreSQL also NOTIFY).
     #[command(after_help = EXAMPLES)]
     Install(InstallArgs),
 }
@@ -35,7 +36,8 @@ struct InstallArgs {
     /// Comma-separated tables to watch.
     #[arg(long, value_delimiter = ',', required = true)]
     tables: Vec<String>,
-    /// Print the SQL instead of running it.
+    /// Print the SQL instead of running it (still connects: the triggers
+    /// name the columns, read from the catalog).
     #[arg(long)]
     dry_run: bool,
 }
@@ -61,12 +63,8 @@ pub fn run(args: QueryArgs) -> Result<(), CliError> {
         .map(|t| t.trim())
         .filter(|t| !t.is_empty())
         .collect();
-    let statements = install_sql(dialect, &tables).map_err(|e| CliError::usage(e.to_string()))?;
-    if a.dry_run {
-        for s in &statements {
-            println!("{s};");
-        }
-        return Ok(());
+    for t in &tables {
+        larder_changes::check_identifier("table", t).map_err(|e| CliError::usage(e.to_string()))?;
     }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -74,25 +72,43 @@ pub fn run(args: QueryArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
         let failed = |e: sqlx::Error| CliError::failed(format!("{}: {e}", a.database));
+        // The columns come from the catalog (MySQL and SQLite triggers
+        // name them), so even --dry-run connects.
+        macro_rules! install_on {
+            ($pool:expr) => {{
+                let pool = $pool;
+                if a.dry_run {
+                    larder_query::install_plan(&pool, dialect, &tables)
+                        .await
+                        .map(|statements| {
+                            for s in &statements {
+                                println!("{s};");
+                            }
+                        })
+                } else {
+                    larder_query::install(&pool, dialect, &tables).await
+                }
+            }};
+        }
         let done = match dialect {
             SqlDialect::Postgres => {
-                let pool = sqlx::PgPool::connect(&a.database).await.map_err(failed)?;
-                larder_query::install(&pool, dialect, &tables).await
+                install_on!(sqlx::PgPool::connect(&a.database).await.map_err(failed)?)
             }
             SqlDialect::MySql => {
-                let pool = sqlx::MySqlPool::connect(&a.database)
+                install_on!(sqlx::MySqlPool::connect(&a.database)
                     .await
-                    .map_err(failed)?;
-                larder_query::install(&pool, dialect, &tables).await
+                    .map_err(failed)?)
             }
-            _ => {
-                let pool = sqlx::SqlitePool::connect(&a.database)
+            SqlDialect::Sqlite => {
+                install_on!(sqlx::SqlitePool::connect(&a.database)
                     .await
-                    .map_err(failed)?;
-                larder_query::install(&pool, dialect, &tables).await
+                    .map_err(failed)?)
             }
         };
         done.map_err(|e| CliError::failed(format!("{}: {e}", a.database)))?;
+        if a.dry_run {
+            return Ok(());
+        }
         eprintln!(
             "installed change triggers on {} table(s): {}",
             tables.len(),

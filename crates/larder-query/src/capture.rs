@@ -391,3 +391,50 @@ pub(crate) fn row_keys(table: &str, values: &[(String, Canon)], out: &mut BTreeS
 /// Past this many generation keys a write bumps the table instead (one
 /// key instead of thousands).
 pub(crate) const MAX_ROW_KEYS: usize = 256;
+
+/// What the row keys of one table's touched rows bump: them and the
+/// table's any-row generation, or the table generation alone past
+/// [`MAX_ROW_KEYS`].
+pub(crate) fn table_keys(table: &str, mut keys: BTreeSet<String>) -> BTreeSet<String> {
+    if keys.len() > MAX_ROW_KEYS {
+        return [crate::generations::table_key(table)].into();
+    }
+    keys.insert(crate::generations::rows_key(table));
+    keys
+}
+
+/// The generation keys a batch of row changes (a replicated transaction,
+/// a read of the change log) bumps, gathered table by table.
+#[derive(Debug, Default)]
+pub(crate) struct TouchedKeys {
+    rows: std::collections::BTreeMap<String, BTreeSet<String>>,
+    tables: BTreeSet<String>,
+}
+
+impl TouchedKeys {
+    /// A touched row of `table` with these values (old or new).
+    pub(crate) fn row(&mut self, table: &str, values: &[(String, Canon)]) {
+        row_keys(
+            table,
+            values,
+            self.rows.entry(table.to_owned()).or_default(),
+        );
+    }
+
+    /// All of `table` (TRUNCATE, an update without its old values, …).
+    pub(crate) fn table(&mut self, table: &str) {
+        self.tables.insert(table.to_owned());
+    }
+
+    /// The keys to bump.
+    pub(crate) fn into_keys(self) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        for (table, keys) in self.rows {
+            if !self.tables.contains(&table) {
+                out.extend(table_keys(&table, keys));
+            }
+        }
+        out.extend(self.tables.iter().map(|t| crate::generations::table_key(t)));
+        out
+    }
+}

@@ -32,7 +32,7 @@ pub use capture::CaptureRow;
 pub use generations::Generations;
 #[cfg(feature = "logical")]
 pub use larder_changes::logical::LogicalConfig;
-pub use outside::{install, install_sql, listen_postgres, CHANNEL, GENERATIONS_TABLE};
+pub use outside::{install, install_plan, install_sql, listen_postgres, CHANGE_LOG, CHANNEL};
 pub use query_cache::{
     CacheableDb, CachedTransaction, OutsideWrites, Param, QueryCache, QueryStats, RowsAffected,
 };

@@ -1,156 +1,224 @@
-//! Writes from outside the application: triggers that count changes per
-//! table in a `larder_generations` table, and a watcher that turns those
-//! counts into cache generation bumps.
+//! Writes from outside the application: row-level triggers append the old
+//! and new values of each changed row to the change log
+//! (`larder_changes`), and the query cache follows the log, bumping the
+//! generations those values name, as an in-app write does. So a write
+//! from psql or another service invalidates only the cached reads of the
+//! rows it touched.
 //!
-//! On PostgreSQL the trigger is per statement and also sends
-//! `NOTIFY larder_generations` with the table name, so a listener can react
-//! at once ([`listen_postgres`]); on MySQL/MariaDB (no statement triggers)
-//! and SQLite the triggers are per row and the application polls
-//! ([`QueryCache::watch_outside_writes`]). After a listener reconnects it
-//! polls once, since notifications sent while it was away are lost.
+//! The trigger DDL is larder-changes' ([`larder_changes::triggers`]), the
+//! same larder-views installs into its outbox; following the log without
+//! ever skipping a transaction that commits late is
+//! [`larder_changes::changelog::LogCursor`].
 //!
-//! Bound: a write from outside is seen after at most one poll interval
-//! (plus, on PostgreSQL with a listener, one notification delivery).
-//! `TRUNCATE` fires no trigger on MySQL/MariaDB and SQLite.
+//! On PostgreSQL each write also sends `NOTIFY larder_changes`, so a
+//! listener reads the log at once ([`QueryCache::watch_postgres`]);
+//! elsewhere the application polls ([`QueryCache::watch_outside_writes`]).
+//!
+//! Bound: a committed write from outside is seen after at most one poll
+//! interval (with a listener, one notification delivery). `TRUNCATE` fires
+//! no row trigger: on PostgreSQL a statement trigger logs it as a change
+//! of the whole table; MySQL/MariaDB and SQLite cannot see it.
+//!
+//! [`QueryCache::watch_postgres`]: crate::QueryCache::watch_postgres
+//! [`QueryCache::watch_outside_writes`]: crate::QueryCache::watch_outside_writes
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
+
+use larder_changes::changelog::{self, LogRow};
+use larder_changes::triggers::{self, Columns, Sink};
 
 use crate::analyze::{normalize, SqlDialect};
-use crate::generations::Generations;
+use crate::capture::TouchedKeys;
+use crate::rows::canon_json;
 
-/// The table the triggers write.
-pub const GENERATIONS_TABLE: &str = "larder_generations";
+/// The change log the triggers append to.
+pub const CHANGE_LOG: &str = changelog::CHANGE_LOG;
 /// The PostgreSQL NOTIFY channel.
-pub const CHANNEL: &str = "larder_generations";
+pub const CHANNEL: &str = "larder_changes";
+/// Rows older than this are pruned from the change log (by any reader, at
+/// most every [`PRUNE_EVERY`]). A reader that falls further behind than
+/// this resyncs.
+pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
+/// How often a reader prunes the change log.
+pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-use larder_changes::is_identifier as valid_identifier;
+/// How the query cache's triggers write.
+const SINK: Sink<'static> = Sink {
+    prefix: "larder_qc",
+    table: CHANGE_LOG,
+    notify: Some(CHANNEL),
+};
+/// The statement-level counting triggers of earlier versions, removed by
+/// [`install_sql`] (they took a lock every writer of the table queued on).
+const LEGACY_PREFIX: &str = "larder_bump";
 
-/// The statements that install the change-counting triggers on `tables`
-/// (idempotent: run them again after adding a table). Table names must be
+/// The statements that create the change log and install the capture
+/// triggers on `tables` (idempotent: run them again after adding a table
+/// or a column). Each table comes with its columns; PostgreSQL captures
+/// every column whatever is given (`row_to_json`), the other dialects
+/// need the names ([`install`] reads them from the catalog). Names must be
 /// plain identifiers.
 pub fn install_sql(
     dialect: SqlDialect,
-    tables: &[&str],
+    tables: &[(&str, Vec<String>)],
 ) -> Result<Vec<String>, larder_core::Error> {
-    let g = GENERATIONS_TABLE;
-    let mut out = Vec::new();
-    match dialect {
-        SqlDialect::Postgres => {
-            out.push(format!(
-                "CREATE TABLE IF NOT EXISTS {g} (table_name TEXT PRIMARY KEY, generation BIGINT NOT NULL DEFAULT 0)"
-            ));
-            out.push(format!(
-                "CREATE OR REPLACE FUNCTION larder_bump() RETURNS trigger LANGUAGE plpgsql AS $$ \
-                 BEGIN \
-                   INSERT INTO {g} (table_name, generation) VALUES (TG_ARGV[0], 1) \
-                     ON CONFLICT (table_name) DO UPDATE SET generation = {g}.generation + 1; \
-                   PERFORM pg_notify('{CHANNEL}', TG_ARGV[0]); \
-                   RETURN NULL; \
-                 END $$"
-            ));
-        }
-        SqlDialect::MySql => out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {g} (table_name VARCHAR(64) PRIMARY KEY, generation BIGINT NOT NULL DEFAULT 0)"
-        )),
-        SqlDialect::Sqlite => out.push(format!(
-            "CREATE TABLE IF NOT EXISTS {g} (table_name TEXT PRIMARY KEY, generation INTEGER NOT NULL DEFAULT 0)"
-        )),
+    let config = |e: larder_changes::Error| larder_core::Error::config(e.to_string());
+    let mut out = vec![changelog::log_table_sql(dialect, CHANGE_LOG)];
+    if dialect == SqlDialect::Postgres {
+        // TRUNCATE fires no row trigger: log it as a whole-table change
+        // (no old and no new row).
+        out.push(format!(
+            "CREATE OR REPLACE FUNCTION larder_qc_truncate() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN \
+               INSERT INTO {CHANGE_LOG} (table_name, old_row, new_row, created_ms) VALUES (TG_ARGV[0], NULL, NULL, {}); \
+               PERFORM pg_notify('{CHANNEL}', ''); \
+               RETURN NULL; \
+             END $$",
+            dialect.now_ms()
+        ));
     }
-    for t in tables {
-        if !valid_identifier(t) {
-            return Err(larder_core::Error::config(format!(
-                "{t:?} is not a plain table name (letters, digits, _)"
-            )));
-        }
+    for (t, cols) in tables {
         let name = normalize(t);
-        match dialect {
-            SqlDialect::Postgres => {
-                out.push(format!("DROP TRIGGER IF EXISTS larder_bump_{name} ON {t}"));
-                out.push(format!(
-                    "CREATE TRIGGER larder_bump_{name} AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON {t} \
-                     FOR EACH STATEMENT EXECUTE FUNCTION larder_bump('{name}')"
-                ));
+        larder_changes::check_identifier("table", &name).map_err(config)?;
+        out.extend(triggers::drop_trigger_sql(dialect, LEGACY_PREFIX, &name).map_err(config)?);
+        if dialect == SqlDialect::Postgres {
+            out.extend(
+                triggers::row_trigger_sql(dialect, SINK, &name, Columns::All).map_err(config)?,
+            );
+            out.push(format!(
+                "DROP TRIGGER IF EXISTS larder_qc_truncate_{name} ON {name}"
+            ));
+            out.push(format!(
+                "CREATE TRIGGER larder_qc_truncate_{name} AFTER TRUNCATE ON {name} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION larder_qc_truncate('{name}')"
+            ));
+        } else {
+            if cols.is_empty() {
+                return Err(larder_core::Error::config(format!(
+                    "table {t:?} has no columns to capture (does it exist?)"
+                )));
             }
-            SqlDialect::MySql => {
-                for (ev, short) in [("INSERT", "ins"), ("UPDATE", "upd"), ("DELETE", "del")] {
-                    out.push(format!("DROP TRIGGER IF EXISTS larder_bump_{name}_{short}"));
-                    out.push(format!(
-                        "CREATE TRIGGER larder_bump_{name}_{short} AFTER {ev} ON {t} FOR EACH ROW \
-                         INSERT INTO {g} (table_name, generation) VALUES ('{name}', 1) \
-                         ON DUPLICATE KEY UPDATE generation = generation + 1"
-                    ));
-                }
-            }
-            SqlDialect::Sqlite => {
-                // IF NOT EXISTS rather than DROP + CREATE: run through sqlx a
-                // second time, the CREATE reported the dropped trigger as
-                // still existing (cause not found).
-                for (ev, short) in [("INSERT", "ins"), ("UPDATE", "upd"), ("DELETE", "del")] {
-                    out.push(format!(
-                        "CREATE TRIGGER IF NOT EXISTS larder_bump_{name}_{short} AFTER {ev} ON {t} BEGIN \
-                         INSERT INTO {g} (table_name, generation) VALUES ('{name}', 1) \
-                         ON CONFLICT (table_name) DO UPDATE SET generation = generation + 1; END"
-                    ));
-                }
-            }
+            let cols: BTreeSet<String> = cols.iter().map(|c| normalize(c)).collect();
+            out.extend(
+                triggers::row_trigger_sql(dialect, SINK, &name, Columns::Only(&cols))
+                    .map_err(config)?,
+            );
         }
     }
     Ok(out)
 }
 
-/// What the watcher last saw, to tell which tables changed.
-#[derive(Debug, Default)]
-pub(crate) struct Seen(HashMap<String, i64>);
-
-impl Seen {
-    /// Tables whose counts moved (all of them the first time: the cache may
-    /// hold results from before the watcher started).
-    pub(crate) fn changed(&mut self, rows: Vec<(String, i64)>) -> Vec<String> {
-        let first = self.0.is_empty();
-        let mut out = Vec::new();
-        for (t, g) in rows {
-            let t = normalize(&t);
-            if first || self.0.get(&t) != Some(&g) {
-                out.push(t.clone());
-            }
-            self.0.insert(t, g);
+/// The keys one read of the change log bumps. A row with neither side
+/// (a logged TRUNCATE) or with a side that does not parse as a JSON object
+/// bumps its whole table.
+pub(crate) fn keys_of(dialect: SqlDialect, rows: &[LogRow]) -> BTreeSet<String> {
+    let mut touched = TouchedKeys::default();
+    for r in rows {
+        let table = normalize(&r.table);
+        if r.old_row.is_none() && r.new_row.is_none() {
+            touched.table(&table);
+            continue;
         }
-        out
+        for side in [&r.old_row, &r.new_row].into_iter().flatten() {
+            match serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(side) {
+                Ok(obj) => {
+                    let values: Vec<(String, crate::rows::Canon)> = obj
+                        .iter()
+                        .map(|(c, v)| (c.to_ascii_lowercase(), canon_json(dialect, v)))
+                        .collect();
+                    touched.row(&table, &values);
+                }
+                Err(e) => {
+                    tracing::warn!(table, error = %e, "query cache: unreadable change-log row; invalidating the table");
+                    touched.table(&table);
+                }
+            }
+        }
     }
+    touched.into_keys()
 }
 
-/// Bumps cache generations when PostgreSQL notifies a trigger's change;
-/// resyncs by `poll` after every (re)connection. Runs until the task is
-/// dropped.
-pub async fn listen_postgres<F, Fut>(url: String, generations: Generations, mut poll: F)
-where
-    F: FnMut() -> Fut + Send,
-    Fut: std::future::Future<Output = ()> + Send,
-{
-    larder_changes::listen_postgres(&url, CHANNEL, "query cache", |event| {
-        let generations = generations.clone();
-        let resync = matches!(event, larder_changes::ListenEvent::Connected).then(&mut poll);
-        async move {
-            match (event, resync) {
-                (_, Some(poll)) => poll.await,
-                (larder_changes::ListenEvent::Notification(payload), None) => {
-                    let table = normalize(&payload);
-                    if let Err(e) = generations.bump(&[table.as_str()]).await {
-                        tracing::error!(error = %e, table, "query cache: could not bump after an outside write");
-                    }
-                }
-                _ => {}
-            }
-            std::ops::ControlFlow::Continue(())
-        }
+/// Wakes `wake` whenever PostgreSQL notifies a captured write, and after
+/// every (re)connection (notifications sent while disconnected are lost,
+/// so the reader reads the log then). The reader coalesces: many
+/// notifications while it reads make one more read. Runs until the task
+/// is dropped.
+pub async fn listen_postgres(url: String, wake: std::sync::Arc<tokio::sync::Notify>) {
+    larder_changes::listen_postgres(&url, CHANNEL, "query cache", |_event| {
+        wake.notify_one();
+        std::future::ready(std::ops::ControlFlow::Continue(()))
     })
     .await;
 }
 
-/// Runs [`install_sql`] on `pool`: on PostgreSQL as one transaction under
-/// an advisory lock (two installs at once would otherwise race on
-/// `CREATE OR REPLACE FUNCTION`: "tuple concurrently updated"), elsewhere
-/// statement by statement on one connection.
+/// The columns of `table` by name, from the catalog (not needed on
+/// PostgreSQL, whose triggers capture the whole row).
+async fn columns_of<DB>(
+    pool: &sqlx::Pool<DB>,
+    dialect: SqlDialect,
+    table: &str,
+) -> Result<Vec<String>, larder_core::Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut <DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    use sqlx::Row;
+    let name = normalize(table);
+    larder_changes::check_identifier("table", &name)
+        .map_err(|e| larder_core::Error::config(e.to_string()))?;
+    let sql = match dialect {
+        SqlDialect::Postgres => return Ok(Vec::new()),
+        SqlDialect::MySql => format!(
+            "SELECT CAST(COLUMN_NAME AS CHAR) FROM information_schema.COLUMNS \
+             WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{name}' ORDER BY ORDINAL_POSITION"
+        ),
+        SqlDialect::Sqlite => format!("SELECT name FROM pragma_table_info('{name}')"),
+    };
+    let mut conn = pool
+        .acquire()
+        .await
+        .map_err(|e| larder_core::Error::backend("sql", e))?;
+    let rows = sqlx::query::<DB>(&sql)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|e| larder_core::Error::backend("sql", e))?;
+    rows.iter()
+        .map(|r| {
+            r.try_get::<String, _>(0usize)
+                .map_err(|e| larder_core::Error::backend("sql", e))
+        })
+        .collect()
+}
+
+/// [`install_sql`] for `tables` as they are in the database at `pool`
+/// (their columns read from the catalog): for review, or to run by hand.
+pub async fn install_plan<DB>(
+    pool: &sqlx::Pool<DB>,
+    dialect: SqlDialect,
+    tables: &[&str],
+) -> Result<Vec<String>, larder_core::Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut <DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    let mut with_columns = Vec::with_capacity(tables.len());
+    for t in tables {
+        with_columns.push((*t, columns_of(pool, dialect, t).await?));
+    }
+    install_sql(dialect, &with_columns)
+}
+
+/// Installs the change log and the capture triggers on `tables`
+/// ([`install_plan`]): on PostgreSQL as one transaction under an advisory
+/// lock (two installs at once would otherwise race on `CREATE OR REPLACE
+/// FUNCTION`: "tuple concurrently updated"), elsewhere statement by
+/// statement on one connection. Run it again after adding a column.
 pub async fn install<DB>(
     pool: &sqlx::Pool<DB>,
     dialect: SqlDialect,
@@ -159,13 +227,16 @@ pub async fn install<DB>(
 where
     DB: sqlx::Database,
     for<'c> &'c mut <DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
 {
-    let statements = install_sql(dialect, tables)?;
+    let statements = install_plan(pool, dialect, tables).await?;
     let err = |e: sqlx::Error| larder_core::Error::backend("sql", e);
     let mut conn = pool.acquire().await.map_err(err)?;
     if matches!(dialect, SqlDialect::Postgres) {
         let script = format!(
-            "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('{GENERATIONS_TABLE}'));\n{};\nCOMMIT;",
+            "BEGIN;\nSELECT pg_advisory_xact_lock(hashtext('{CHANGE_LOG}'));\n{};\nCOMMIT;",
             statements.join(";\n")
         );
         sqlx::raw_sql(&script)
@@ -184,40 +255,72 @@ where
 mod tests {
     use super::*;
 
-    #[test]
-    fn install_sql_checks_names_and_covers_every_event() {
-        assert!(install_sql(SqlDialect::Postgres, &["post; DROP TABLE x"]).is_err());
-        let pg = install_sql(SqlDialect::Postgres, &["post"])
-            .unwrap()
-            .join("\n");
-        assert!(
-            pg.contains("FOR EACH STATEMENT")
-                && pg.contains("TRUNCATE")
-                && pg.contains("pg_notify")
-        );
-        let my = install_sql(SqlDialect::MySql, &["post"])
-            .unwrap()
-            .join("\n");
-        assert_eq!(my.matches("CREATE TRIGGER").count(), 3);
-        let lite = install_sql(SqlDialect::Sqlite, &["post"])
-            .unwrap()
-            .join("\n");
-        assert!(lite.contains("ON CONFLICT"));
+    fn cols(c: &[&str]) -> Vec<String> {
+        c.iter().map(|c| c.to_string()).collect()
     }
 
     #[test]
-    fn seen_reports_moves_and_everything_at_first() {
-        let mut s = Seen::default();
-        assert_eq!(
-            s.changed(vec![("post".into(), 3), ("comment".into(), 1)]),
-            ["post", "comment"]
+    fn install_sql_checks_names_and_covers_every_event() {
+        assert!(install_sql(SqlDialect::Postgres, &[("post; DROP TABLE x", vec![])]).is_err());
+        assert!(install_sql(SqlDialect::MySql, &[("post", cols(&["id); --"]))]).is_err());
+        assert!(install_sql(SqlDialect::Sqlite, &[("post", vec![])]).is_err());
+        let pg = install_sql(SqlDialect::Postgres, &[("post", vec![])])
+            .unwrap()
+            .join("\n");
+        assert!(pg.contains("FOR EACH ROW") && pg.contains("row_to_json(OLD)"));
+        assert!(pg.contains("AFTER TRUNCATE") && pg.contains("pg_notify"));
+        assert!(pg.contains("DROP TRIGGER IF EXISTS larder_bump_post ON post"));
+        let my = install_sql(SqlDialect::MySql, &[("post", cols(&["id", "author_id"]))])
+            .unwrap()
+            .join("\n");
+        assert_eq!(my.matches("CREATE TRIGGER").count(), 3);
+        assert!(my.contains("JSON_OBJECT('author_id', NEW.author_id, 'id', NEW.id)"));
+        let lite = install_sql(SqlDialect::Sqlite, &[("post", cols(&["id"]))])
+            .unwrap()
+            .join("\n");
+        assert!(lite.contains("json_object"));
+    }
+
+    fn row(table: &str, old: Option<&str>, new: Option<&str>) -> LogRow {
+        LogRow {
+            id: 1,
+            table: table.into(),
+            old_row: old.map(str::to_owned),
+            new_row: new.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn log_rows_bump_the_values_they_hold() {
+        use crate::generations::{column_key, rows_key, table_key, value_key};
+        let keys = keys_of(
+            SqlDialect::Postgres,
+            &[row(
+                "comment",
+                Some(r#"{"id": 7, "post_id": 3, "body": "x"}"#),
+                Some(r#"{"id": 7, "post_id": 4, "body": "y"}"#),
+            )],
         );
-        assert!(s
-            .changed(vec![("post".into(), 3), ("comment".into(), 1)])
-            .is_empty());
-        assert_eq!(
-            s.changed(vec![("post".into(), 4), ("comment".into(), 1)]),
-            ["post"]
+        for k in [
+            value_key("comment", "id", 7),
+            value_key("comment", "post_id", 3),
+            value_key("comment", "post_id", 4),
+            rows_key("comment"),
+        ] {
+            assert!(keys.contains(&k), "{k} missing from {keys:?}");
+        }
+        assert!(!keys.contains(&table_key("comment")));
+        // MySQL text may be a date or an ENUM: the column, not a value.
+        let keys = keys_of(
+            SqlDialect::MySql,
+            &[row("c", None, Some(r#"{"d": "2026-01-01"}"#))],
         );
+        assert!(keys.contains(&column_key("c", "d")));
+        // A TRUNCATE, and a row that does not parse: the whole table.
+        let keys = keys_of(
+            SqlDialect::Postgres,
+            &[row("c", None, None), row("d", Some("{"), None)],
+        );
+        assert!(keys.contains(&table_key("c")) && keys.contains(&table_key("d")));
     }
 }

@@ -735,6 +735,7 @@ impl Touched {
         if n == 0 && keys.is_empty() {
             Touched::Nothing
         } else if keys.len() > capture::MAX_ROW_KEYS {
+            // (counted as a table-level write; `table_keys` says the same)
             Touched::Table(table.to_owned())
         } else {
             Touched::Rows {
@@ -749,10 +750,7 @@ impl Touched {
         match self {
             Touched::Nothing => Default::default(),
             Touched::Table(t) => [generations::table_key(&t)].into(),
-            Touched::Rows { table, mut keys } => {
-                keys.insert(generations::rows_key(&table));
-                keys
-            }
+            Touched::Rows { table, keys } => capture::table_keys(&table, keys),
         }
     }
 }
@@ -959,35 +957,185 @@ where
     for<'r> &'r str: sqlx::ColumnIndex<DB::Row>,
     usize: sqlx::ColumnIndex<DB::Row>,
 {
-    /// Reads the trigger counts once and bumps the generations of the
-    /// tables that changed since the last read (every table on the first
-    /// read). See [`crate::install_sql`].
+    /// Reads what the capture triggers appended to the change log since
+    /// the last call and bumps the generations the changed rows' old and
+    /// new values name (see [`crate::install`]); returns how many changes
+    /// it read. The first call bumps everything (the cache may hold
+    /// results from before), and so does one call after every write that
+    /// was in flight then has ended. Also prunes the log now and then
+    /// ([`crate::outside::RETENTION`]).
     pub async fn sync_outside_writes(&self, seen: &mut OutsideWrites) -> Result<usize, Error> {
+        use larder_changes::changelog::{self, Fence, LogRow};
         use sqlx::Row;
-        let rows = sqlx::query(&format!(
-            "SELECT table_name, generation FROM {}",
-            crate::outside::GENERATIONS_TABLE
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(|e| Error::backend("sql", e))?;
-        let mut counts = Vec::with_capacity(rows.len());
-        for r in rows {
-            let t: String = r.try_get(0usize).map_err(|e| Error::backend("sql", e))?;
-            let g: i64 = r.try_get(1usize).map_err(|e| Error::backend("sql", e))?;
-            counts.push((t, g));
+        let dialect = self.dialect;
+        let log = crate::outside::CHANGE_LOG;
+        let sql_err = |e: sqlx::Error| Error::backend("sql", e);
+        let pool = &self.pool;
+        let fence = || async move {
+            let Some(sql) = changelog::fence_sql(dialect) else {
+                return Ok(match dialect {
+                    SqlDialect::MySql => Fence::Probed,
+                    _ => Fence::Serial,
+                });
+            };
+            let r = sqlx::query::<DB>(sql)
+                .fetch_one(pool)
+                .await
+                .map_err(sql_err)?;
+            let xmin: String = r.try_get(0usize).map_err(sql_err)?;
+            let xmax: String = r.try_get(1usize).map_err(sql_err)?;
+            Fence::snapshot(&xmin, &xmax)
+                .ok_or_else(|| Error::backend("sql", format!("unreadable snapshot {xmin}:{xmax}")))
+        };
+        let log_rows = |rows: Vec<DB::Row>| -> Result<Vec<LogRow>, Error> {
+            rows.iter()
+                .map(|r| {
+                    Ok(LogRow {
+                        id: r.try_get(0usize).map_err(sql_err)?,
+                        table: r.try_get(1usize).map_err(sql_err)?,
+                        old_row: r.try_get(2usize).map_err(sql_err)?,
+                        new_row: r.try_get(3usize).map_err(sql_err)?,
+                    })
+                })
+                .collect()
+        };
+        let everything = || {
+            [generations::table_key(EVERYTHING)]
+                .into_iter()
+                .collect::<std::collections::BTreeSet<_>>()
+        };
+        let stale = seen
+            .last_read
+            .is_some_and(|t| t.elapsed() > crate::outside::RETENTION / 2);
+        if !seen.cursor.started() || stale {
+            let max: Option<i64> =
+                sqlx::query_scalar::<DB, Option<i64>>(&changelog::max_id_sql(log))
+                    .fetch_one(pool)
+                    .await
+                    .map_err(sql_err)?;
+            let after = fence().await?;
+            self.generations.bump_keys(&everything()).await?;
+            let max = max.unwrap_or(0);
+            if dialect == SqlDialect::MySql {
+                let present = sqlx::raw_sql(&changelog::ids_between_sql(
+                    log,
+                    max - changelog::START_WINDOW,
+                    max,
+                ))
+                .fetch_all(pool)
+                .await
+                .map_err(sql_err)?
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0usize).map_err(sql_err))
+                .collect::<Result<Vec<i64>, Error>>()?;
+                seen.cursor.start_probing(max, &present);
+            } else {
+                seen.cursor.start(max, after);
+            }
+            seen.resync_owed = false;
+            seen.last_read = Some(std::time::Instant::now());
+            return Ok(0);
         }
-        let changed = seen.0.changed(counts);
-        if !changed.is_empty() {
-            self.generations.bump(&changed).await?;
+        let now = fence().await?;
+        let start_passed = seen.cursor.start_passed_by(&now);
+        let plan = seen.cursor.plan(&now);
+        let mut rows = log_rows(
+            // Literals, not parameters: the statements run unprepared.
+            sqlx::raw_sql(&changelog::read_after_sql(log, plan.after))
+                .fetch_all(pool)
+                .await
+                .map_err(sql_err)?,
+        )?;
+        if !plan.gaps.is_empty() {
+            rows.extend(log_rows(
+                sqlx::raw_sql(&changelog::read_ids_sql(log, &plan.gaps))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(sql_err)?,
+            )?);
         }
-        Ok(changed.len())
+        let after = fence().await?;
+        let polled = seen.cursor.finish(rows, after, start_passed);
+        if dialect == SqlDialect::MySql {
+            self.probe_gaps(&mut seen.cursor).await?;
+        }
+        seen.last_read = Some(std::time::Instant::now());
+        let n = polled.rows.len();
+        let keys = if polled.resync || seen.resync_owed {
+            everything()
+        } else {
+            crate::outside::keys_of(dialect, &polled.rows)
+        };
+        if !keys.is_empty() {
+            self.counters
+                .row_writes
+                .fetch_add(n as u64, Ordering::Relaxed);
+            // The cursor has moved past these rows: if the bump fails,
+            // the next call bumps everything instead.
+            match self.generations.bump_keys(&keys).await {
+                Ok(()) => seen.resync_owed = false,
+                Err(e) => {
+                    seen.resync_owed = true;
+                    return Err(e);
+                }
+            }
+        }
+        if seen
+            .last_prune
+            .is_none_or(|t| t.elapsed() > crate::outside::PRUNE_EVERY)
+        {
+            seen.last_prune = Some(std::time::Instant::now());
+            let cutoff = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .saturating_sub(crate::outside::RETENTION)
+                .as_millis() as i64;
+            if let Err(e) = sqlx::raw_sql(&changelog::prune_sql(log, seen.cursor.settled(), cutoff))
+                .execute(pool)
+                .await
+            {
+                tracing::warn!(error = %e, "query cache: could not prune the change log");
+            }
+        }
+        Ok(n)
     }
 
-    /// Polls the trigger counts every `interval` in a background task and
-    /// bumps the generations of tables written from outside the
-    /// application: such writes are seen within about one interval. The
-    /// task stops when the returned handle is dropped... or aborted.
+    /// MySQL/MariaDB: which open gaps of the change log are rows in
+    /// flight (locked) and which are not there (see
+    /// [`larder_changes::changelog`]). At most 64 per call.
+    async fn probe_gaps(
+        &self,
+        cursor: &mut larder_changes::changelog::LogCursor,
+    ) -> Result<(), Error> {
+        use larder_changes::changelog;
+        let (mut locked, mut absent) = (Vec::new(), Vec::new());
+        for id in cursor.gaps_to_probe().into_iter().take(64) {
+            let probe = sqlx::raw_sql(&changelog::probe_sql(crate::outside::CHANGE_LOG, id))
+                .fetch_all(&self.pool)
+                .await;
+            match probe {
+                Ok(rows) if rows.is_empty() => absent.push(id),
+                // Committed since the read: the next read finds it.
+                Ok(_) => {}
+                // ER_LOCK_WAIT_TIMEOUT (MariaDB's NOWAIT), ER_LOCK_NOWAIT
+                // (MySQL 8): an open transaction holds the row.
+                Err(sqlx::Error::Database(e))
+                    if e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
+                        .is_some_and(|m| matches!(m.number(), 1205 | 3572)) =>
+                {
+                    locked.push(id)
+                }
+                Err(e) => return Err(Error::backend("sql", e)),
+            }
+        }
+        cursor.probed(&locked, &absent);
+        Ok(())
+    }
+
+    /// Reads the change log every `interval` in a background task
+    /// ([`QueryCache::sync_outside_writes`]): writes from outside the
+    /// application are seen within about one interval. The task stops
+    /// when the returned handle is aborted.
     pub fn watch_outside_writes(&self, interval: Duration) -> tokio::task::JoinHandle<()>
     where
         DB: 'static,
@@ -997,7 +1145,7 @@ where
             let mut seen = OutsideWrites::default();
             loop {
                 if let Err(e) = qc.sync_outside_writes(&mut seen).await {
-                    tracing::warn!(error = %e, "query cache: polling outside writes failed");
+                    tracing::warn!(error = %e, "query cache: reading outside writes failed");
                 }
                 tokio::time::sleep(interval).await;
             }
@@ -1024,33 +1172,46 @@ impl QueryCache<sqlx::Postgres> {
     }
 }
 
-/// What [`QueryCache::sync_outside_writes`] saw last.
+/// Where [`QueryCache::sync_outside_writes`] is in the change log.
 #[derive(Debug, Default)]
-pub struct OutsideWrites(crate::outside::Seen);
+pub struct OutsideWrites {
+    cursor: larder_changes::changelog::LogCursor,
+    /// A bump failed after the cursor moved: bump everything next time.
+    resync_owed: bool,
+    last_read: Option<std::time::Instant>,
+    last_prune: Option<std::time::Instant>,
+}
 
 use std::time::Duration;
 
 impl QueryCache<sqlx::Postgres> {
     /// Reacts to outside writes at once: LISTENs for the triggers'
-    /// notifications on the database at `url` and bumps the written tables'
-    /// generations, resyncing from the trigger counts after every
-    /// (re)connection (notifications sent while disconnected are lost).
+    /// notifications on the database at `url` and reads the change log
+    /// whenever one arrives (many at once make one read), after every
+    /// (re)connection, and at least once a second.
     pub fn watch_postgres(&self, url: &str) -> tokio::task::JoinHandle<()> {
         let qc = self.clone();
-        let seen = std::sync::Arc::new(tokio::sync::Mutex::new(OutsideWrites::default()));
-        let poll = move || {
-            let (qc, seen) = (qc.clone(), seen.clone());
-            async move {
-                let mut seen = seen.lock().await;
-                if let Err(e) = qc.sync_outside_writes(&mut seen).await {
-                    tracing::warn!(error = %e, "query cache: resync of outside writes failed");
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let listener = tokio::spawn(crate::outside::listen_postgres(
+            url.to_owned(),
+            wake.clone(),
+        ));
+        tokio::spawn(async move {
+            // Aborting the reader ends the listener too.
+            struct StopOnDrop(tokio::task::JoinHandle<()>);
+            impl Drop for StopOnDrop {
+                fn drop(&mut self) {
+                    self.0.abort();
                 }
             }
-        };
-        tokio::spawn(crate::outside::listen_postgres(
-            url.to_owned(),
-            self.generations.clone(),
-            poll,
-        ))
+            let _listener = StopOnDrop(listener);
+            let mut seen = OutsideWrites::default();
+            loop {
+                if let Err(e) = qc.sync_outside_writes(&mut seen).await {
+                    tracing::warn!(error = %e, "query cache: reading outside writes failed");
+                }
+                let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+            }
+        })
     }
 }

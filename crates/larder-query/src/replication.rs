@@ -8,8 +8,8 @@ use std::ops::ControlFlow;
 
 use larder_changes::logical::{self, Column, LogicalConfig, RowChange, StreamEvent, Value};
 
-use crate::capture::{row_keys, MAX_ROW_KEYS};
-use crate::generations::{rows_key, table_key, Generations};
+use crate::capture::TouchedKeys;
+use crate::generations::{table_key, Generations};
 use crate::rows::{canon_f64, Canon};
 
 /// A column value from `pgoutput` (text format), as an integer constant
@@ -43,54 +43,37 @@ fn values(row: &[Column]) -> Vec<(String, Canon)> {
 
 /// The generation keys one committed transaction bumps.
 pub(crate) fn keys_of(changes: &[RowChange]) -> BTreeSet<String> {
-    let mut per_table: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
-    let mut whole: BTreeSet<String> = BTreeSet::new();
+    let mut touched = TouchedKeys::default();
     for change in changes {
         match change {
             RowChange::Insert { table, new } => {
-                row_keys(
-                    &table.to_ascii_lowercase(),
-                    &values(new),
-                    per_table.entry(table.to_ascii_lowercase()).or_default(),
-                );
+                touched.row(&table.to_ascii_lowercase(), &values(new));
             }
             RowChange::Update { table, old, new } => {
                 let t = table.to_ascii_lowercase();
-                let keys = per_table.entry(t.clone()).or_default();
-                row_keys(&t, &values(new), keys);
+                touched.row(&t, &values(new));
                 match old {
-                    Some(old) => row_keys(&t, &values(old), keys),
+                    Some(old) => touched.row(&t, &values(old)),
                     // No old values: the rows it left are unknown.
-                    None => {
-                        whole.insert(t);
-                    }
+                    None => touched.table(&t),
                 }
             }
             RowChange::Delete { table, old } => {
-                let t = table.to_ascii_lowercase();
-                row_keys(&t, &values(old), per_table.entry(t.clone()).or_default());
+                touched.row(&table.to_ascii_lowercase(), &values(old));
             }
             RowChange::Truncate { tables } => {
-                whole.extend(tables.iter().map(|t| t.to_ascii_lowercase()));
+                for t in tables {
+                    touched.table(&t.to_ascii_lowercase());
+                }
             }
             _ => {
                 // A kind of change this version does not know: be coarse.
                 tracing::warn!("query cache: unknown replicated change; invalidating everything");
-                whole.insert(crate::query_cache::EVERYTHING.to_owned());
+                touched.table(crate::query_cache::EVERYTHING);
             }
         }
     }
-    let mut out = BTreeSet::new();
-    for (table, keys) in per_table {
-        if whole.contains(&table) || keys.len() > MAX_ROW_KEYS {
-            whole.insert(table);
-        } else {
-            out.insert(rows_key(&table));
-            out.extend(keys);
-        }
-    }
-    out.extend(whole.iter().map(|t| table_key(t)));
-    out
+    touched.into_keys()
 }
 
 /// Streams `config`'s changes into `generations` until the task is dropped

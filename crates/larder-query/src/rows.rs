@@ -68,6 +68,42 @@ pub(crate) fn canon_f64(f: f64) -> Canon {
     }
 }
 
+/// A value captured by a trigger as JSON (`json_build_object`,
+/// `JSON_OBJECT`, `json_object`), as an integer constant compared with the
+/// column would see it. JSON keeps numbers, text, booleans and NULL apart
+/// but not the column's SQL type, so only what is certain is trusted:
+///
+/// - numbers are numbers in every dialect;
+/// - NULL equals nothing;
+/// - text: PostgreSQL never compares it with an integer; SQLite's rule is
+///   [`canon_text`]'s; on MySQL a date, time, ENUM or SET column also
+///   arrives as text and compares by its own rules, so it is `Unknown`;
+/// - a boolean is PostgreSQL's `boolean` (never equal to an integer), or
+///   a MySQL JSON column: `Unknown` there;
+/// - arrays and objects are JSON columns: PostgreSQL refuses to compare
+///   them, elsewhere `Unknown`.
+pub(crate) fn canon_json(dialect: SqlDialect, v: &serde_json::Value) -> Canon {
+    use serde_json::Value;
+    match v {
+        Value::Null => Canon::NoInt,
+        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
+            (Some(i), _, _) => Canon::Int(i),
+            // Above i64::MAX: equal to no i64 constant.
+            (None, Some(_), _) => Canon::NoInt,
+            (None, None, Some(f)) => canon_f64(f),
+            _ => Canon::Unknown,
+        },
+        Value::String(t) => match dialect {
+            SqlDialect::MySql => Canon::Unknown,
+            _ => canon_text(dialect, t),
+        },
+        Value::Bool(_) | Value::Array(_) | Value::Object(_) => match dialect {
+            SqlDialect::Postgres => Canon::NoInt,
+            _ => Canon::Unknown,
+        },
+    }
+}
+
 /// Stored text compared with an integer constant.
 ///
 /// - MySQL/MariaDB convert the string to a number: leading whitespace is

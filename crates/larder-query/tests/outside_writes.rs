@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use larder_core::{Cache, Ttl};
-use larder_query::{QueryCache, SqlDialect};
+use larder_query::{Param, QueryCache, SqlDialect};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -151,4 +151,121 @@ async fn postgres_notify() {
         sqlx::Postgres,
     >| qc
         .watch_postgres(url));
+}
+
+/// Outside writes are row-level, and a transaction that commits after a
+/// later one is never skipped: the change log's ids are handed out in
+/// write order, not commit order, so a reader that moved past the later
+/// one must still come back for it. Also: a rollback leaves nothing to
+/// wait for.
+macro_rules! late_commit_scenario {
+    ($pool:expr, $dialect:expr, $table:expr) => {{
+        let pool = $pool;
+        let t: &str = $table;
+        sqlx::raw_sql(&format!(
+            "INSERT INTO {t} (id, post_id, title) VALUES (1, 1, 'a'), (2, 2, 'b')"
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        larder_query::install(&pool, $dialect, &[t]).await.unwrap();
+        let qc = QueryCache::new(pool.clone(), cache(), $dialect, Ttl::secs(600));
+        let mut seen = larder_query::OutsideWrites::default();
+        // The first read starts (and bumps everything); the next ones end
+        // the start's wait for writes in flight (one more resync).
+        for _ in 0..3 {
+            qc.sync_outside_writes(&mut seen).await.unwrap();
+        }
+        let ph = if $dialect == SqlDialect::Postgres {
+            "$1"
+        } else {
+            "?"
+        };
+        let of_post = format!("SELECT title FROM {t} WHERE post_id = {ph}");
+        let read = |post: i64| {
+            let (qc, sql) = (qc.clone(), of_post.clone());
+            async move {
+                let got: Title = qc.fetch_one(&sql, &[Param::Int(post)]).await.unwrap();
+                got.title
+            }
+        };
+        assert_eq!(read(1).await, "a");
+        assert_eq!(read(2).await, "b");
+        // A transaction writes post 1 and stays open...
+        let mut slow = pool.begin().await.unwrap();
+        sqlx::raw_sql(&format!("UPDATE {t} SET title = 'a2' WHERE id = 1"))
+            .execute(&mut *slow)
+            .await
+            .unwrap();
+        // ...while a later write to post 2 commits.
+        sqlx::raw_sql(&format!("UPDATE {t} SET title = 'b2' WHERE id = 2"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        let computed = qc.stats().computed;
+        for _ in 0..3 {
+            qc.sync_outside_writes(&mut seen).await.unwrap();
+        }
+        assert_eq!(read(2).await, "b2");
+        assert_eq!(read(1).await, "a", "not committed yet");
+        assert_eq!(
+            qc.stats().computed,
+            computed + 1,
+            "the write to post 2 invalidated post 1's read too"
+        );
+        slow.commit().await.unwrap();
+        qc.sync_outside_writes(&mut seen).await.unwrap();
+        assert_eq!(read(1).await, "a2", "the late commit was skipped");
+        // A rolled-back write, then a committed one: both are behind us.
+        let mut undone = pool.begin().await.unwrap();
+        sqlx::raw_sql(&format!("UPDATE {t} SET title = 'never' WHERE id = 1"))
+            .execute(&mut *undone)
+            .await
+            .unwrap();
+        undone.rollback().await.unwrap();
+        sqlx::raw_sql(&format!("UPDATE {t} SET title = 'a3' WHERE id = 1"))
+            .execute(&pool)
+            .await
+            .unwrap();
+        qc.sync_outside_writes(&mut seen).await.unwrap();
+        assert_eq!(read(1).await, "a3");
+        sqlx::raw_sql(&format!("DROP TABLE {t}"))
+            .execute(&pool)
+            .await
+            .unwrap();
+    }};
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_late_commits_are_never_skipped() {
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .expect("PostgreSQL on 5432");
+    let t = name("pglate");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {t} (id BIGINT PRIMARY KEY, post_id BIGINT, title TEXT)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    late_commit_scenario!(pool, SqlDialect::Postgres, &t);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_late_commits_are_never_skipped() {
+    let pool = sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(4)
+        .connect("mysql://root@127.0.0.1:3306/test")
+        .await
+        .expect("MariaDB on 3306");
+    let t = name("mylate");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {t} (id BIGINT PRIMARY KEY, post_id BIGINT, title VARCHAR(50))"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    late_commit_scenario!(pool, SqlDialect::MySql, &t);
 }
