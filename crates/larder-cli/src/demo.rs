@@ -601,13 +601,13 @@ async fn front(State(app): State<App>) -> Response {
     let db = app.db.clone();
     let started = Instant::now();
     let opts = ComputeOptions::new(Ttl::secs(15)).stale_while_revalidate(Duration::from_secs(60));
-    let trending: Result<Trending, larder::Error> = app
+    // The loader returns sqlx's own error; a failure reaches every waiter.
+    let trending: Result<Trending, larder::ComputeError<sqlx::Error>> = app
         .trending
         .get_or_compute_with("trending", &opts, move || async move {
             let sql = "SELECT p.id, p.title, COUNT(l.id) AS n FROM likes l JOIN posts p ON p.id = l.post_id \
                        GROUP BY p.id, p.title ORDER BY n DESC, p.id LIMIT 8";
             with_qc!(&db, qc => sqlx::query_as::<_, (i64, String, i64)>(sql).fetch_all(qc.pool()).await)
-                .map_err(|e| larder::Error::backend("sql", e))
         })
         .await;
     let trending = match trending {

@@ -199,7 +199,8 @@ async fn release_herd(
             let t0 = Instant::now();
             let v = cache
                 .get_or_compute(KEY, ttl, || origin.compute(sleep, epoch))
-                .await;
+                .await
+                .map_err(Error::from);
             (t0.elapsed().as_secs_f64(), v.map(|v: Vec<u8>| v.len()))
         }));
     }
@@ -513,7 +514,8 @@ async fn steady_load(
                     .get_or_compute_with(&key, &opts, move || async move {
                         origin.compute(sleep, epoch).await
                     })
-                    .await;
+                    .await
+                    .map_err(Error::from);
                 samples.push((at, t0.elapsed().as_secs_f64()));
                 if r.is_err() {
                     failures.fetch_add(1, Ordering::Relaxed);

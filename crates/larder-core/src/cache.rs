@@ -118,8 +118,12 @@ pub(crate) struct Flight {
 pub(crate) enum Outcome {
     /// The encoded value.
     Value(Bytes),
-    /// The leader's loader failed.
-    Failed(String),
+    /// The leader's loader failed: its error, shared with every waiter
+    /// whose loader has the same error type (others get the message).
+    Failed {
+        message: String,
+        error: Arc<dyn std::any::Any + Send + Sync>,
+    },
     /// The leader was dropped before finishing: someone else must compute.
     Abandoned,
 }

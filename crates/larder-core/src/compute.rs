@@ -35,6 +35,107 @@ use crate::ttl::{Expiry, Resolved, Ttl};
 /// others stop waiting for it.
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 
+/// Why [`Cache::get_or_compute`] returned no value.
+///
+/// The loader's error comes back as it was, in an [`Arc`]: concurrent
+/// callers of one key share one run of the loader, so when it fails they
+/// all get the same error (as moka's `try_get_with` does). A loader may
+/// return any error type: `sqlx::Error`, `std::io::Error`, an
+/// `anyhow::Error`, your own.
+///
+/// ```
+/// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+/// use larder_core::{Cache, ComputeError, DummyBackend, Ttl};
+/// let cache = Cache::new(DummyBackend);
+/// let r: Result<u32, _> = cache
+///     .get_or_compute("user:7", Ttl::secs(60), || async {
+///         Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no user 7"))
+///     })
+///     .await;
+/// match r {
+///     Err(ComputeError::Loader(e)) => assert_eq!(e.kind(), std::io::ErrorKind::NotFound),
+///     other => panic!("{other:?}"),
+/// }
+/// # })
+/// ```
+///
+/// In a function returning [`Error`], `?` converts it (the loader's error
+/// becomes [`Error::Computation`] with its message).
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ComputeError<E> {
+    /// The loader failed (this caller's run, or the run it waited for);
+    /// nothing was cached.
+    Loader(Arc<E>),
+    /// larder failed before a value could be had: an invalid key, a value
+    /// type the codec cannot encode, or a failed run of the same key by a
+    /// loader of another error type (whose message this carries).
+    Cache(Error),
+}
+
+impl<E> ComputeError<E> {
+    /// The loader's error, if that is what failed.
+    pub fn loader_error(&self) -> Option<&E> {
+        match self {
+            ComputeError::Loader(e) => Some(e),
+            ComputeError::Cache(_) => None,
+        }
+    }
+
+    /// larder's own error, if that is what failed.
+    pub fn cache_error(&self) -> Option<&Error> {
+        match self {
+            ComputeError::Loader(_) => None,
+            ComputeError::Cache(e) => Some(e),
+        }
+    }
+}
+
+impl<E: std::fmt::Display> std::fmt::Display for ComputeError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ComputeError::Loader(e) => write!(f, "the computation failed: {e}"),
+            ComputeError::Cache(e) => e.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for ComputeError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ComputeError::Loader(e) => Some(&**e),
+            ComputeError::Cache(e) => Some(e),
+        }
+    }
+}
+
+impl<E> From<Error> for ComputeError<E> {
+    fn from(e: Error) -> Self {
+        ComputeError::Cache(e)
+    }
+}
+
+/// A loader's [`Error`] comes back as itself when no other caller still
+/// holds it; any other loader error becomes [`Error::Computation`].
+impl<E: std::fmt::Display + Send + Sync + 'static> From<ComputeError<E>> for Error {
+    fn from(e: ComputeError<E>) -> Self {
+        match e {
+            ComputeError::Cache(e) => e,
+            ComputeError::Loader(e) => {
+                let message = e.to_string();
+                let any: Arc<dyn std::any::Any + Send + Sync> = e;
+                any.downcast::<Error>()
+                    .ok()
+                    .and_then(|own| Arc::try_unwrap(own).ok())
+                    .unwrap_or(Error::Computation {
+                        key: String::new(),
+                        message,
+                    })
+            }
+        }
+    }
+}
+
 /// Options of [`Cache::get_or_compute_with`].
 ///
 /// ```
@@ -163,9 +264,10 @@ impl Cache {
     /// and fail-open.
     ///
     /// - **Single-flight**: concurrent callers of one key in this process
-    ///   share one run of the loader; if it fails they all get
-    ///   [`Error::Computation`] with its message and nothing is cached. If
-    ///   the computing caller is dropped half way, a waiter takes over.
+    ///   share one run of the loader; if it fails they all get its error,
+    ///   the same one ([`ComputeError::Loader`], shared in an [`Arc`]), and
+    ///   nothing is cached. If the computing caller is dropped half way, a
+    ///   waiter takes over.
     /// - **Leases**: on backends that have them (Redis, memcached, SQL,
     ///   file), one computation across processes; the others wait with
     ///   backoff, at most the lease time (5 s; see
@@ -177,7 +279,12 @@ impl Cache {
     ///   stored.
     /// - **Fail-open**: a failing cache is a miss on the read and a logged
     ///   skip on the write: the loader's value always reaches the caller.
-    ///   Only the loader's own error is returned.
+    ///   Only the loader's own error is returned, and larder's errors that
+    ///   no retry fixes (an invalid key, a type the codec cannot encode) as
+    ///   [`ComputeError::Cache`].
+    ///
+    /// The loader may return any error type (`sqlx::Error`, `io::Error`,
+    /// `anyhow::Error`, …); see [`ComputeError`].
     ///
     /// Stale-while-revalidate and stale-if-error need a loader that can run
     /// in the background: see [`Cache::get_or_compute_with`].
@@ -197,15 +304,15 @@ impl Cache {
         key: &str,
         ttl: impl Into<Ttl>,
         loader: F,
-    ) -> Result<T, E>
+    ) -> Result<T, ComputeError<E>>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        E: From<Error> + std::fmt::Display,
+        E: std::fmt::Display + Send + Sync + 'static,
     {
         let opts = ComputeOptions::new(ttl);
-        match self.lookup::<T>(key, &opts).await.map_err(E::from)? {
+        match self.lookup::<T>(key, &opts).await? {
             Lookup::Fresh(v) => Ok(v),
             // Early refresh, inline: this caller recomputes (the others keep
             // getting the current value meanwhile).
@@ -248,14 +355,14 @@ impl Cache {
         key: &str,
         opts: &ComputeOptions,
         loader: F,
-    ) -> Result<T, E>
+    ) -> Result<T, ComputeError<E>>
     where
         T: Serialize + DeserializeOwned + Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
-        E: From<Error> + std::fmt::Display + Send + 'static,
+        E: std::fmt::Display + Send + Sync + 'static,
     {
-        match self.lookup::<T>(key, opts).await.map_err(E::from)? {
+        match self.lookup::<T>(key, opts).await? {
             Lookup::Fresh(v) => Ok(v),
             Lookup::Refresh { fallback, early } => {
                 if early {
@@ -397,7 +504,7 @@ impl Cache {
         T: Serialize + DeserializeOwned + Send + 'static,
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, E>> + Send + 'static,
-        E: From<Error> + std::fmt::Display + Send + 'static,
+        E: std::fmt::Display + Send + Sync + 'static,
     {
         let Ok(skey) = self.make_key(key) else { return };
         let flight = {
@@ -422,7 +529,7 @@ impl Cache {
             };
             // The fallback is what a failed refresh leaves in place: the
             // stale entry stays, so nothing to return here.
-            let r: Result<T, E> = cache
+            let r: Result<T, ComputeError<E>> = cache
                 .lead(&mut guard, &key, &skey, &opts, loader, Some(seen), None)
                 .await;
             if let Err(e) = r {
@@ -438,14 +545,14 @@ impl Cache {
         loader: F,
         seen: Option<Bytes>,
         mut fallback: Option<Fallback<T>>,
-    ) -> Result<T, E>
+    ) -> Result<T, ComputeError<E>>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        E: From<Error> + std::fmt::Display,
+        E: std::fmt::Display + Send + Sync + 'static,
     {
-        let skey = self.make_key(key).map_err(E::from)?;
+        let skey = self.make_key(key)?;
         let mut loader = Some(loader);
         let mut seen = Some(seen);
         loop {
@@ -476,17 +583,21 @@ impl Cache {
                     match outcome {
                         Some(Outcome::Value(bytes)) => {
                             return envelope::decode::<T>(&bytes).map(|(v, _)| v).map_err(|e| {
-                                E::from(Error::Computation {
+                                ComputeError::Cache(Error::Computation {
                                     key: key.to_owned(),
                                     message: format!("the shared value does not decode: {e}"),
                                 })
                             })
                         }
-                        Some(Outcome::Failed(message)) => {
-                            return Err(E::from(Error::Computation {
-                                key: key.to_owned(),
-                                message,
-                            }))
+                        Some(Outcome::Failed { message, error }) => {
+                            // The leader's error itself when its type is ours.
+                            return Err(match error.downcast::<E>() {
+                                Ok(shared) => ComputeError::Loader(shared),
+                                Err(_) => ComputeError::Cache(Error::Computation {
+                                    key: key.to_owned(),
+                                    message,
+                                }),
+                            });
                         }
                         // The leader went away: try again (maybe lead).
                         Some(Outcome::Abandoned) | None => continue,
@@ -501,7 +612,7 @@ impl Cache {
                     };
                     let Some(load) = loader.take() else {
                         // Unreachable: only a leader runs the loader, once.
-                        return Err(E::from(Error::config("loader already used")));
+                        return Err(Error::config("loader already used").into());
                     };
                     let seen = seen.take().flatten();
                     return self
@@ -523,12 +634,12 @@ impl Cache {
         loader: F,
         mut seen: Option<Bytes>,
         mut fallback: Option<Fallback<T>>,
-    ) -> Result<T, E>
+    ) -> Result<T, ComputeError<E>>
     where
         T: Serialize + DeserializeOwned,
         F: FnOnce() -> Fut,
         Fut: Future<Output = Result<T, E>>,
-        E: From<Error> + std::fmt::Display,
+        E: std::fmt::Display + Send + Sync + 'static,
     {
         // A flight that just ended here, or another process, may have
         // stored the value since our read.
@@ -584,8 +695,12 @@ impl Cache {
                     guard.publish(Outcome::Value(fb.raw));
                     return Ok(fb.value);
                 }
-                guard.publish(Outcome::Failed(e.to_string()));
-                return Err(e);
+                let error = Arc::new(e);
+                guard.publish(Outcome::Failed {
+                    message: error.to_string(),
+                    error: error.clone(),
+                });
+                return Err(ComputeError::Loader(error));
             }
         };
 
@@ -625,8 +740,11 @@ impl Cache {
                         .call(self.inner.backend.lease_release(skey, lease))
                         .await;
                 }
-                guard.publish(Outcome::Failed(e.to_string()));
-                return Err(E::from(e));
+                guard.publish(Outcome::Failed {
+                    message: e.to_string(),
+                    error: Arc::new(()),
+                });
+                return Err(ComputeError::Cache(e));
             }
         };
         if matches!(

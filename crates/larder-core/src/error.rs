@@ -82,11 +82,14 @@ pub enum Error {
         /// The deadline that passed.
         after: Duration,
     },
-    /// Another caller computed this key for us (single-flight) and its
-    /// loader failed; the message is that loader's error.
-    #[error("the shared computation of {key:?} failed: {message}")]
+    /// A computation failed: a [`crate::ComputeError::Loader`] converted
+    /// into this type, or a run of the same key by a loader of another
+    /// error type that this caller waited for. The message is that
+    /// loader's error.
+    #[error("the computation of {key:?} failed: {message}")]
     Computation {
-        /// The key as the caller gave it.
+        /// The key as the caller gave it (empty when converted from a
+        /// [`crate::ComputeError`], which does not carry it).
         key: String,
         /// The leader's loader error, as text.
         message: String,

@@ -49,7 +49,7 @@ pub use cache::{
     Cache, CacheBuilder, UrlOptions, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES,
     DEFAULT_STORE_DEADLINE, DEFAULT_TTL,
 };
-pub use compute::{ComputeOptions, DEFAULT_LEASE_TTL};
+pub use compute::{ComputeError, ComputeOptions, DEFAULT_LEASE_TTL};
 pub use dummy::DummyBackend;
 pub use envelope::Codec;
 pub use error::{io_kind_means_unreachable, Error, Result};

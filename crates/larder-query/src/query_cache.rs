@@ -444,7 +444,7 @@ where
                     })
                     .await;
                 self.counters.cached_reads.fetch_add(1, Ordering::Relaxed);
-                out
+                out.map_err(Error::from)
             }
             other => {
                 self.counters.uncached_reads.fetch_add(1, Ordering::Relaxed);

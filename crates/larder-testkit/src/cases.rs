@@ -1215,13 +1215,25 @@ pub async fn get_or_compute_hit(ctx: &Ctx) {
     assert_eq!(v, "cached");
 }
 
-/// A failing loader's error reaches the caller and nothing is cached.
+/// A failing loader's error reaches the caller as it was (any error type)
+/// and nothing is cached.
 pub async fn get_or_compute_error_not_cached(ctx: &Ctx) {
     let c = ctx.cache();
-    let r: Result<String, Error> = c
-        .get_or_compute("k", LONG, || async { Err(Error::config("origin down")) })
+    let r: Result<String, _> = c
+        .get_or_compute("k", LONG, || async {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "origin down",
+            ))
+        })
         .await;
-    assert!(r.is_err());
+    match r {
+        Err(larder_core::ComputeError::Loader(e)) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+            assert_eq!(e.to_string(), "origin down");
+        }
+        other => panic!("expected the loader's error, got {other:?}"),
+    }
     assert!(!c.has_key("k").await.unwrap());
 }
 

@@ -69,7 +69,7 @@ pub use larder_views as views;
 /// The names most programs need: `use larder::prelude::*;`.
 pub mod prelude {
     pub use crate::OpenUrl;
-    pub use larder_core::{Cache, Error, Ttl};
+    pub use larder_core::{Cache, ComputeError, Error, Ttl};
 }
 
 /// Opens a [`Cache`] from a URL; brought into scope by the prelude so that

@@ -37,6 +37,19 @@ async fn fifty_callers_one_loader_run() {
     );
 }
 
+/// A loader error of the application's own type: neither `Clone` nor
+/// convertible from larder's error.
+#[derive(Debug)]
+struct OriginDown {
+    attempt: u32,
+}
+
+impl std::fmt::Display for OriginDown {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "origin is down (attempt {})", self.attempt)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_reaches_every_waiter_and_nothing_is_cached() {
     let cache = cache().await;
@@ -47,33 +60,47 @@ async fn a_failure_reaches_every_waiter_and_nothing_is_cached() {
         tasks.push(tokio::spawn(async move {
             cache
                 .get_or_compute("broken", Ttl::secs(60), || async move {
-                    calls.fetch_add(1, Ordering::SeqCst);
+                    let attempt = calls.fetch_add(1, Ordering::SeqCst) + 1;
                     tokio::time::sleep(Duration::from_millis(50)).await;
-                    Err::<u32, _>(Error::config("origin is down"))
+                    Err::<u32, _>(OriginDown { attempt })
                 })
                 .await
         }));
     }
-    let mut own = 0;
-    let mut shared = 0;
+    // Every caller gets the one error the one run returned: the same Arc.
+    let mut errors = Vec::new();
     for t in tasks {
         match t.await.unwrap() {
-            Err(Error::Config(m)) if m.contains("origin is down") => own += 1,
-            Err(Error::Computation { message, .. }) if message.contains("origin is down") => {
-                shared += 1
-            }
+            Err(ComputeError::Loader(e)) => errors.push(e),
             other => panic!("unexpected {other:?}"),
         }
     }
     assert_eq!(calls.load(Ordering::SeqCst), 1);
-    assert_eq!((own, shared), (1, 19));
+    assert_eq!(errors[0].attempt, 1);
+    assert!(errors.iter().all(|e| Arc::ptr_eq(e, &errors[0])));
     assert!(!cache.has_key("broken").await.unwrap());
     // The next call computes again.
     let v: u32 = cache
-        .get_or_compute("broken", Ttl::secs(60), || async { Ok::<_, Error>(7) })
+        .get_or_compute("broken", Ttl::secs(60), || async { Ok::<_, OriginDown>(7) })
         .await
         .unwrap();
     assert_eq!(v, 7);
+}
+
+/// A loader returning larder's own error gets it back as itself through
+/// `?` when it was alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_callers_own_error_converts_back() {
+    let cache = cache().await;
+    let r: Result<u32, Error> = async {
+        Ok(cache
+            .get_or_compute("own", Ttl::secs(60), || async {
+                Err(Error::config("origin is down"))
+            })
+            .await?)
+    }
+    .await;
+    assert!(matches!(r, Err(Error::Config(m)) if m.contains("origin is down")));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
