@@ -555,7 +555,7 @@ impl App {
         self.dialect.adapt(s)
     }
 
-    async fn rows<T>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, larder::Error>
+    async fn rows<T>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, larder_query::QueryError>
     where
         T: for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow>
             + for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>
@@ -569,7 +569,7 @@ impl App {
         with_qc!(&self.db, qc => qc.fetch_all::<T>(&sql, params).await)
     }
 
-    async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64, larder::Error> {
+    async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64, larder_query::QueryError> {
         let sql = self.sql(sql);
         with_qc!(&self.db, qc => qc.execute(&sql, params).await)
     }

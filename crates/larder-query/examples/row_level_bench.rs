@@ -134,7 +134,7 @@ async fn phase(
                         .execute(&pool)
                         .await
                         .map(|_| ())
-                        .map_err(|e| larder_core::Error::backend("sql", e)),
+                        .map_err(larder_query::QueryError::from),
                 };
                 if let Err(e) = done {
                     eprintln!("write failed: {e}");

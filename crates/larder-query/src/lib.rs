@@ -20,6 +20,7 @@
 
 mod analyze;
 mod capture;
+mod error;
 mod generations;
 mod outside;
 mod query_cache;
@@ -29,6 +30,7 @@ mod rows;
 
 pub use analyze::{analyze, normalize, Analysis, Schema, SqlDialect, PURE_FUNCTIONS};
 pub use capture::CaptureRow;
+pub use error::QueryError;
 pub use generations::Generations;
 #[cfg(feature = "logical")]
 pub use larder_changes::logical::LogicalConfig;

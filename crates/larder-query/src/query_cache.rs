@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use larder_core::{Cache, Error, Ttl};
+
+use crate::error::QueryError;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -425,7 +427,7 @@ where
     }
 
     /// Every row of a query, cached when the query is a plain read.
-    pub async fn fetch_all<T>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, Error>
+    pub async fn fetch_all<T>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, QueryError>
     where
         T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
     {
@@ -434,7 +436,7 @@ where
             Analysis::Read(_) => {
                 let Some(key) = self.key(sql, params, &plan).await else {
                     self.counters.uncached_reads.fetch_add(1, Ordering::Relaxed);
-                    return self.run_all(sql, params).await;
+                    return Ok(self.run_all(sql, params).await?);
                 };
                 let out = self
                     .cache
@@ -444,7 +446,7 @@ where
                     })
                     .await;
                 self.counters.cached_reads.fetch_add(1, Ordering::Relaxed);
-                out.map_err(Error::from)
+                out.map_err(QueryError::from)
             }
             other => {
                 self.counters.uncached_reads.fetch_add(1, Ordering::Relaxed);
@@ -456,38 +458,37 @@ where
     }
 
     /// The first row, if any.
-    pub async fn fetch_optional<T>(&self, sql: &str, params: &[Param]) -> Result<Option<T>, Error>
+    pub async fn fetch_optional<T>(
+        &self,
+        sql: &str,
+        params: &[Param],
+    ) -> Result<Option<T>, QueryError>
     where
         T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
     {
         Ok(self.fetch_all::<T>(sql, params).await?.into_iter().next())
     }
 
-    /// Exactly one row; [`Error::NotFound`] when there is none.
-    pub async fn fetch_one<T>(&self, sql: &str, params: &[Param]) -> Result<T, Error>
+    /// Exactly one row; [`QueryError::RowNotFound`] when there is none.
+    pub async fn fetch_one<T>(&self, sql: &str, params: &[Param]) -> Result<T, QueryError>
     where
         T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
     {
         self.fetch_optional(sql, params)
             .await?
-            .ok_or_else(|| Error::NotFound {
-                key: sql.chars().take(80).collect(),
-            })
+            .ok_or(QueryError::RowNotFound)
     }
 
     /// Runs a statement (a write): afterwards the tables it wrote have new
     /// generations, so no cached result computed before it matches again.
     /// A statement that cannot be analyzed invalidates every table.
     /// Returns the rows affected.
-    pub async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64, Error> {
+    pub async fn execute(&self, sql: &str, params: &[Param]) -> Result<u64, QueryError> {
         let plan = self.plan(sql);
         let write = self.usable(&plan.write).await;
         if let WritePlan::Tables = write {
             let q = bind_all!(sqlx::query::<DB>(sql), params);
-            let done = q
-                .execute(&self.pool)
-                .await
-                .map_err(|e| Error::backend("sql", e))?;
+            let done = q.execute(&self.pool).await.map_err(sql_error)?;
             self.after_write(&plan.analysis).await;
             return Ok(RowsAffected::rows_affected_of(&done));
         }
@@ -555,7 +556,7 @@ where
         write: &WritePlan,
         sql: &str,
         params: &[Param],
-    ) -> Result<(u64, Touched), Error> {
+    ) -> Result<(u64, Touched), QueryError> {
         let dialect = self.dialect;
         let mut keys = std::collections::BTreeSet::new();
         match write {
@@ -654,14 +655,12 @@ where
     }
 
     /// Runs a read uncached.
-    async fn run_all<T>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, Error>
+    async fn run_all<T>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, sqlx::Error>
     where
         T: for<'r> FromRow<'r, DB::Row> + Send + Unpin,
     {
         let q = bind_all!(sqlx::query_as::<DB, T>(sql), params);
-        q.fetch_all(&self.pool)
-            .await
-            .map_err(|e| Error::backend("sql", e))
+        q.fetch_all(&self.pool).await
     }
 
     async fn after_write(&self, analysis: &Analysis) {
@@ -693,8 +692,8 @@ where
 }
 
 /// A database error from running the application's statement.
-fn sql_error(e: sqlx::Error) -> Error {
-    Error::backend("sql", e)
+fn sql_error(e: sqlx::Error) -> QueryError {
+    QueryError::from(e)
 }
 
 /// Whether a server whose `VERSION()` / `sqlite_version()` is `version`
@@ -810,12 +809,8 @@ where
     usize: sqlx::ColumnIndex<DB::Row>,
 {
     /// Starts a transaction.
-    pub async fn begin(&self) -> Result<CachedTransaction<DB>, Error> {
-        let tx = self
-            .pool
-            .begin()
-            .await
-            .map_err(|e| Error::backend("sql", e))?;
+    pub async fn begin(&self) -> Result<CachedTransaction<DB>, QueryError> {
+        let tx = self.pool.begin().await.map_err(sql_error)?;
         Ok(CachedTransaction {
             qc: self.clone(),
             tx,
@@ -845,7 +840,7 @@ where
     /// Every row of a query: from the database if the query reads a table
     /// this transaction has written (or it wrote something unanalyzable),
     /// otherwise as [`QueryCache::fetch_all`].
-    pub async fn fetch_all<T>(&mut self, sql: &str, params: &[Param]) -> Result<Vec<T>, Error>
+    pub async fn fetch_all<T>(&mut self, sql: &str, params: &[Param]) -> Result<Vec<T>, QueryError>
     where
         T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
     {
@@ -859,16 +854,13 @@ where
             return self.qc.fetch_all(sql, params).await;
         }
         let q = bind_all!(sqlx::query_as::<DB, T>(sql), params);
-        let rows = q
-            .fetch_all(&mut *self.tx)
-            .await
-            .map_err(|e| Error::backend("sql", e))?;
+        let rows = q.fetch_all(&mut *self.tx).await.map_err(sql_error)?;
         self.note(analysis);
         Ok(rows)
     }
 
     /// Runs a statement in the transaction, remembering what it writes.
-    pub async fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64, Error> {
+    pub async fn execute(&mut self, sql: &str, params: &[Param]) -> Result<u64, QueryError> {
         let plan = self.qc.plan(sql);
         let write = self.qc.usable(&plan.write).await;
         if !matches!(write, WritePlan::Tables) {
@@ -883,10 +875,7 @@ where
             return Ok(n);
         }
         let q = bind_all!(sqlx::query::<DB>(sql), params);
-        let done = q
-            .execute(&mut *self.tx)
-            .await
-            .map_err(|e| Error::backend("sql", e))?;
+        let done = q.execute(&mut *self.tx).await.map_err(sql_error)?;
         self.note(&plan.analysis);
         Ok(RowsAffected::rows_affected_of(&done))
     }
@@ -908,7 +897,7 @@ where
 
     /// Commits, then bumps the generations of every table written: when
     /// this returns, no cached result from before the transaction is used.
-    pub async fn commit(self) -> Result<(), Error> {
+    pub async fn commit(self) -> Result<(), QueryError> {
         let CachedTransaction {
             qc,
             tx,
@@ -916,7 +905,7 @@ where
             wrote_unknown,
             ..
         } = self;
-        tx.commit().await.map_err(|e| Error::backend("sql", e))?;
+        tx.commit().await.map_err(sql_error)?;
         if wrote_unknown {
             qc.after_write(&Analysis::Unknown {
                 may_write: true,
@@ -939,11 +928,8 @@ where
     }
 
     /// Rolls back; nothing is invalidated (dropping does the same).
-    pub async fn rollback(self) -> Result<(), Error> {
-        self.tx
-            .rollback()
-            .await
-            .map_err(|e| Error::backend("sql", e))
+    pub async fn rollback(self) -> Result<(), QueryError> {
+        self.tx.rollback().await.map_err(sql_error)
     }
 }
 
@@ -964,12 +950,12 @@ where
     /// results from before), and so does one call after every write that
     /// was in flight then has ended. Also prunes the log now and then
     /// ([`crate::outside::RETENTION`]).
-    pub async fn sync_outside_writes(&self, seen: &mut OutsideWrites) -> Result<usize, Error> {
+    pub async fn sync_outside_writes(&self, seen: &mut OutsideWrites) -> Result<usize, QueryError> {
         use larder_changes::changelog::{self, Fence, LogRow};
         use sqlx::Row;
         let dialect = self.dialect;
         let log = crate::outside::CHANGE_LOG;
-        let sql_err = |e: sqlx::Error| Error::backend("sql", e);
+        let sql_err = sql_error;
         let pool = &self.pool;
         let fence = || async move {
             let Some(sql) = changelog::fence_sql(dialect) else {
@@ -984,10 +970,14 @@ where
                 .map_err(sql_err)?;
             let xmin: String = r.try_get(0usize).map_err(sql_err)?;
             let xmax: String = r.try_get(1usize).map_err(sql_err)?;
-            Fence::snapshot(&xmin, &xmax)
-                .ok_or_else(|| Error::backend("sql", format!("unreadable snapshot {xmin}:{xmax}")))
+            Fence::snapshot(&xmin, &xmax).ok_or_else(|| {
+                QueryError::Cache(Error::backend(
+                    "sql",
+                    format!("unreadable snapshot {xmin}:{xmax}"),
+                ))
+            })
         };
-        let log_rows = |rows: Vec<DB::Row>| -> Result<Vec<LogRow>, Error> {
+        let log_rows = |rows: Vec<DB::Row>| -> Result<Vec<LogRow>, QueryError> {
             rows.iter()
                 .map(|r| {
                     Ok(LogRow {
@@ -1027,7 +1017,7 @@ where
                 .map_err(sql_err)?
                 .iter()
                 .map(|r| r.try_get::<i64, _>(0usize).map_err(sql_err))
-                .collect::<Result<Vec<i64>, Error>>()?;
+                .collect::<Result<Vec<i64>, QueryError>>()?;
                 seen.cursor.start_probing(max, &present);
             } else {
                 seen.cursor.start(max, after);
@@ -1076,7 +1066,7 @@ where
                 Ok(()) => seen.resync_owed = false,
                 Err(e) => {
                     seen.resync_owed = true;
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
@@ -1106,7 +1096,7 @@ where
     async fn probe_gaps(
         &self,
         cursor: &mut larder_changes::changelog::LogCursor,
-    ) -> Result<(), Error> {
+    ) -> Result<(), QueryError> {
         use larder_changes::changelog;
         let (mut locked, mut absent) = (Vec::new(), Vec::new());
         for id in cursor.gaps_to_probe().into_iter().take(64) {
@@ -1125,7 +1115,7 @@ where
                 {
                     locked.push(id)
                 }
-                Err(e) => return Err(Error::backend("sql", e)),
+                Err(e) => return Err(sql_error(e)),
             }
         }
         cursor.probed(&locked, &absent);

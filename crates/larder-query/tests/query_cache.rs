@@ -252,3 +252,86 @@ async fn a_dead_cache_store_is_a_miss_not_an_error() {
         assert_eq!(rows.len(), 1);
     }
 }
+
+/// The database's refusals, an empty `fetch_one` and the cache are told
+/// apart: a foreign-key violation is `QueryError::Database` with the
+/// server's error inside, not a cache failure, and nothing is counted as
+/// cached.
+#[tokio::test]
+async fn errors_say_who_failed() {
+    use larder_query::QueryError;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect("postgres://postgres@127.0.0.1:5432/test")
+        .await
+        .expect("PostgreSQL on 5432");
+    let (post, comment) = tables("errors");
+    sqlx::raw_sql(&format!(
+        "DROP TABLE IF EXISTS {comment}; DROP TABLE IF EXISTS {post};
+         CREATE TABLE {post} (id BIGINT PRIMARY KEY, title TEXT NOT NULL);
+         CREATE TABLE {comment} (id BIGINT PRIMARY KEY, post_id BIGINT NOT NULL REFERENCES {post} (id));"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let qc = QueryCache::new(
+        pool.clone(),
+        mem_cache("qc_err"),
+        SqlDialect::Postgres,
+        Ttl::secs(60),
+    );
+    let insert = format!("INSERT INTO {comment} (id, post_id) VALUES ($1, $2)");
+    let e = qc
+        .execute(&insert, &[Param::from(1i64), Param::from(99i64)])
+        .await
+        .unwrap_err();
+    assert!(
+        e.database_error()
+            .is_some_and(|d| d.is_foreign_key_violation()),
+        "{e:?}"
+    );
+    // The same inside a transaction.
+    let mut tx = qc.begin().await.unwrap();
+    let e = tx
+        .execute(&insert, &[Param::from(1i64), Param::from(99i64)])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, QueryError::Database(_)), "{e:?}");
+    drop(tx);
+    // No row: its own variant, not a cache key.
+    let one = format!("SELECT id, title FROM {post} WHERE id = $1");
+    let e = qc
+        .fetch_one::<(i64, String)>(&one, &[Param::from(5i64)])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, QueryError::RowNotFound), "{e:?}");
+    // A cached read the database refuses: its error, and nothing stored.
+    let bad = format!("SELECT id / (id - id) AS boom FROM {post} WHERE id = $1");
+    qc.execute(
+        &format!("INSERT INTO {post} (id, title) VALUES (1, 'x')"),
+        &[],
+    )
+    .await
+    .unwrap();
+    let before = qc.stats().computed;
+    for _ in 0..2 {
+        let e = qc
+            .fetch_all::<(i64,)>(&bad, &[Param::from(1i64)])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e.database_error().and_then(|d| d.code()).as_deref(),
+            Some("22012"),
+            "division by zero expected, got {e:?}"
+        );
+    }
+    assert_eq!(
+        qc.stats().computed - before,
+        2,
+        "a failed read must not be cached"
+    );
+    sqlx::raw_sql(&format!("DROP TABLE {comment}; DROP TABLE {post};"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
