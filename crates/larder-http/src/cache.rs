@@ -361,6 +361,9 @@ pub(crate) struct Overrides {
     /// Fresh for this long whatever the response says (unless it is not
     /// storable at all), and `Cache-Control: max-age` added when absent.
     pub ttl: Option<Duration>,
+    /// Browsers' lifetime, when it should differ from `ttl`: the added
+    /// header is then `s-maxage=ttl, max-age=browser_ttl`.
+    pub browser_ttl: Option<Duration>,
 }
 
 enum Lookup {
@@ -978,7 +981,15 @@ impl HttpCache {
         };
         if let (Some(ttl), true) = (over.ttl, lifetime.is_ok()) {
             if !parts.headers.contains_key(header::CACHE_CONTROL) {
-                if let Ok(v) = HeaderValue::from_str(&format!("max-age={}", ttl.as_secs())) {
+                let value = match over.browser_ttl {
+                    // Shared caches (this one, a CDN) keep it for `ttl` and
+                    // are purged by tag; browsers cannot be purged.
+                    Some(browser) => {
+                        format!("s-maxage={}, max-age={}", ttl.as_secs(), browser.as_secs())
+                    }
+                    None => format!("max-age={}", ttl.as_secs()),
+                };
+                if let Ok(v) = HeaderValue::from_str(&value) {
                     parts.headers.insert(header::CACHE_CONTROL, v);
                 }
             }

@@ -418,6 +418,37 @@ async fn cache_page_stores_a_route_without_freshness_and_says_so() {
     assert_eq!((status(&h), b.as_str()), ("HIT", "news 1"));
 }
 
+/// `browser_ttl`: shared caches get the TTL (`s-maxage`), browsers a
+/// short life they revalidate after, so a purge is not undone by them;
+/// this cache still keeps the page for the full TTL, and a handler's own
+/// `Cache-Control` is left alone.
+#[tokio::test]
+async fn cache_page_browser_ttl_sends_s_maxage_and_a_short_max_age() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let app = Router::new()
+        .route(
+            "/news",
+            get(move || {
+                let c = c.clone();
+                async move { format!("news {}", c.fetch_add(1, Ordering::SeqCst) + 1) }
+            }),
+        )
+        .route(
+            "/own",
+            get(|| async { ([("cache-control", "public, max-age=5")], "own") }),
+        )
+        .route_layer(cache_page(&http, Duration::from_secs(600)).browser_ttl(Duration::ZERO));
+    let (_, h, _) = send(&app, get_req("/news")).await;
+    assert_eq!(h["cache-control"], "s-maxage=600, max-age=0");
+    let (_, h, b) = send(&app, get_req("/news")).await;
+    assert_eq!((status(&h), b.as_str()), ("HIT", "news 1"));
+    assert_eq!(h["cache-control"], "s-maxage=600, max-age=0");
+    let (_, h, _) = send(&app, get_req("/own")).await;
+    assert_eq!(h["cache-control"], "public, max-age=5");
+}
+
 #[tokio::test]
 async fn keys_normalize_the_query_and_include_the_host() {
     let http = HttpCache::builder(store()).build();

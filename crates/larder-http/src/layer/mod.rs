@@ -26,6 +26,35 @@ impl CacheLayer {
     pub(crate) fn new(http: HttpCache, over: Overrides) -> Self {
         CacheLayer { http, over }
     }
+
+    /// With [`cache_page`]: tell browsers to keep the page only this long
+    /// (`Duration::ZERO`: revalidate every time), while shared caches keep
+    /// it for the page's TTL. The header added (when the response has no
+    /// `Cache-Control` of its own) becomes `s-maxage=TTL, max-age=BROWSER`
+    /// instead of `max-age=TTL`.
+    ///
+    /// Why: a purge (`purge_tag`, `purge_url`) reaches this cache and the
+    /// CDNs you purge, never a browser. With `max-age=TTL` a visitor keeps
+    /// the old page for up to the TTL after you purged it.
+    ///
+    /// ```
+    /// # fn app(http: larder_http::HttpCache) {
+    /// use std::time::Duration;
+    /// use axum::{routing::get, Router};
+    /// let router: Router = Router::new()
+    ///     .route("/news", get(|| async { "today's news" }))
+    ///     // Here and at the CDN for 10 minutes, purged by tag; browsers
+    ///     // ask again after 30 s.
+    ///     .route_layer(
+    ///         larder_http::cache_page(&http, Duration::from_secs(600))
+    ///             .browser_ttl(Duration::from_secs(30)),
+    ///     );
+    /// # }
+    /// ```
+    pub fn browser_ttl(mut self, ttl: Duration) -> Self {
+        self.over.browser_ttl = Some(ttl);
+        self
+    }
 }
 
 impl<S> Layer<S> for CacheLayer {
@@ -41,6 +70,11 @@ impl<S> Layer<S> for CacheLayer {
 /// they may not be stored at all: `private`, `no-store`, cookies,
 /// `Vary: *`), and adds `Cache-Control: max-age=ttl` when they have none.
 ///
+/// Browsers then keep the page for `ttl` too, and no purge reaches them:
+/// where pages are purged on change, add
+/// [`browser_ttl`](CacheLayer::browser_ttl) to send `s-maxage=ttl` with a
+/// shorter `max-age`.
+///
 /// ```
 /// # fn app(http: larder_http::HttpCache) {
 /// use std::time::Duration;
@@ -51,5 +85,11 @@ impl<S> Layer<S> for CacheLayer {
 /// # }
 /// ```
 pub fn cache_page(http: &HttpCache, ttl: Duration) -> CacheLayer {
-    CacheLayer::new(http.clone(), Overrides { ttl: Some(ttl) })
+    CacheLayer::new(
+        http.clone(),
+        Overrides {
+            ttl: Some(ttl),
+            browser_ttl: None,
+        },
+    )
 }
