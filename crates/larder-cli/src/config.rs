@@ -8,7 +8,7 @@
 //! key_prefix = "app"
 //! version = 1
 //! [caches.default.options] # any URL option of the backend or the cache
-//! op_deadline_ms = 100
+//! deadline_ms = 100
 //!
 //! [database]
 //! url = "postgres://app@127.0.0.1/app"

@@ -399,7 +399,8 @@ impl CacheBuilder {
 /// The cache-level options of a cache URL: `key_prefix`, `version`,
 /// `timeout` (seconds, or `none` for never), `codec` (`postcard`/`json`),
 /// `compress_above` (bytes, or `none`), `hash_long_keys`,
-/// `max_value_bytes`, `name`, `op_deadline_ms` (ms, or `none`),
+/// `max_value_bytes`, `name`, `deadline_ms` (ms, or `none`; also read by
+/// the backend),
 /// `breaker_failures`, `breaker_cool_down_ms`, `fail_open`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -420,7 +421,7 @@ pub struct UrlOptions {
     pub max_value_bytes: Option<usize>,
     /// `name`.
     pub name: Option<String>,
-    /// `op_deadline_ms`: the deadline of one backend call; `Some(None)` = none.
+    /// `deadline_ms`: the deadline of one cache call; `Some(None)` = none.
     pub deadline: Option<Option<Duration>>,
     /// `breaker_failures`: consecutive failures that open the breaker (0: off).
     pub breaker_failures: Option<u32>,
@@ -467,13 +468,23 @@ impl UrlOptions {
         o.hash_long_keys = url.take_bool("hash_long_keys")?;
         o.max_value_bytes = url.take_parsed::<usize>("max_value_bytes")?;
         o.name = url.take("name");
-        if let Some(d) = url.take("op_deadline_ms") {
+        if url.take("op_deadline_ms").is_some() {
+            return Err(Error::config(
+                "option op_deadline_ms is now deadline_ms: one deadline for every call of the cache, \
+                 which the backend uses for its own timeouts too",
+            ));
+        }
+        // Read here and left for the backend, which bounds its own
+        // connection and response waits by it too.
+        if let Some(d) = url.read_shared("deadline_ms") {
             o.deadline = Some(if d.eq_ignore_ascii_case("none") {
+                // The backend keeps its own limits; calls get none.
+                url.take("deadline_ms");
                 None
             } else {
                 let ms: u64 = d.parse().map_err(|_| {
                     Error::config(format!(
-                        "option op_deadline_ms={d:?} is not a number of milliseconds or \"none\""
+                        "option deadline_ms={d:?} is not a number of milliseconds or \"none\""
                     ))
                 })?;
                 Some(Duration::from_millis(ms))

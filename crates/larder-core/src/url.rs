@@ -17,6 +17,9 @@ pub struct CacheUrl {
     authority: String,
     path: String,
     params: Vec<(String, String)>,
+    /// Options the cache read and left for the backend
+    /// ([`CacheUrl::read_shared`]): not reported by `finish`.
+    shared: Vec<String>,
 }
 
 impl CacheUrl {
@@ -60,6 +63,7 @@ impl CacheUrl {
             authority: authority.to_owned(),
             path,
             params,
+            shared: Vec::new(),
         })
     }
 
@@ -129,6 +133,22 @@ impl CacheUrl {
         }
     }
 
+    /// Returns an option that the cache and its backend both read
+    /// (`deadline_ms`), leaving it in place for the backend; a backend that
+    /// does not use it is not failed for it by [`CacheUrl::finish`].
+    pub fn read_shared(&mut self, name: &str) -> Option<String> {
+        let v = self
+            .params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone());
+        if v.is_some() && !self.shared.iter().any(|s| s == name) {
+            self.shared.push(name.to_owned());
+        }
+        v
+    }
+
     /// Removes and returns every option left, in order. A backend whose
     /// driver has options of its own (SQL) passes these on to it.
     pub fn take_rest(&mut self) -> Vec<(String, String)> {
@@ -137,10 +157,15 @@ impl CacheUrl {
 
     /// Fails naming every option nobody took.
     pub fn finish(self) -> Result<()> {
-        if self.params.is_empty() {
+        let names: Vec<&str> = self
+            .params
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| !self.shared.iter().any(|s| s == k))
+            .collect();
+        if names.is_empty() {
             return Ok(());
         }
-        let names: Vec<&str> = self.params.iter().map(|(k, _)| k.as_str()).collect();
         Err(Error::config(format!(
             "unknown option{} {} in cache URL {:?}",
             if names.len() > 1 { "s" } else { "" },

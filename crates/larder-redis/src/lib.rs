@@ -12,7 +12,9 @@
 //!
 //! | `rediss://…`, `rediss+cluster://…` | the same over TLS (cargo feature `tls`) |
 //!
-//! Options (query parameters): `deadline_ms` (default 1000), the longest any
+//! Options (query parameters): `deadline_ms` (the cache's one deadline, see
+//! guide-herd; here also the limit of the connection's own waits, default
+//! 1000 when absent), the longest any
 //! single operation may take before it fails with `Error::Timeout`; clearing
 //! gets 30 times that, since it scans. With TLS, `tls_ca=/path/ca.pem`
 //! trusts that CA instead of the system's certificate store.

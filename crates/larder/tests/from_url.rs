@@ -119,7 +119,7 @@ async fn redis_urls() {
         // cluster just formed under a 16-wide test run can take more than
         // the default 100 ms for its first call (seen once in CI).
         Cache::from_url(
-            "redis+cluster://127.0.0.1:27001,127.0.0.1:27002?key_prefix=fromurl&op_deadline_ms=2000",
+            "redis+cluster://127.0.0.1:27001,127.0.0.1:27002?key_prefix=fromurl&deadline_ms=2000",
         )
             .await
             .expect("Redis Cluster on 27001 (run scripts/services)");
@@ -163,4 +163,37 @@ async fn memcached_urls() {
     assert!(!cache.has_key("k").await.unwrap());
     let e = err("memcached://127.0.0.1:21211?pool_size=lots").await;
     assert!(e.contains("pool_size"), "{e}");
+}
+
+/// One deadline option, `deadline_ms`, read by the cache (the deadline of
+/// every call) and left for the backend's own waits; a backend that has
+/// none (memory) is not failed for it; the old name is refused by name.
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn deadline_ms_is_the_one_deadline() {
+    let mem = Cache::from_url("mem://?deadline_ms=50").await.unwrap();
+    assert_eq!(mem.deadline(), Some(Duration::from_millis(50)));
+    let mem = Cache::from_url("mem://").await.unwrap();
+    assert_eq!(mem.deadline(), None, "in-process backends have none");
+    let redis = Cache::from_url("redis://127.0.0.1:6379?deadline_ms=250")
+        .await
+        .expect("Redis on 6379");
+    assert_eq!(redis.deadline(), Some(Duration::from_millis(250)));
+    let redis = Cache::from_url("redis://127.0.0.1:6379").await.unwrap();
+    assert_eq!(redis.deadline(), Some(larder::DEFAULT_DEADLINE));
+    let none = Cache::from_url("redis://127.0.0.1:6379?deadline_ms=none")
+        .await
+        .unwrap();
+    assert_eq!(none.deadline(), None);
+    let file = Cache::from_url(&format!(
+        "file://{}?deadline_ms=3000",
+        std::env::temp_dir().join("larder-deadline-url").display()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(file.deadline(), Some(Duration::from_secs(3)));
+    let e = err("mem://?op_deadline_ms=50").await;
+    assert!(e.contains("now deadline_ms"), "{e}");
+    let e = err("mem://?deadline_ms=soon").await;
+    assert!(e.contains("deadline_ms"), "{e}");
 }
