@@ -33,8 +33,8 @@ use larder_views::{Dialect, Source, SqlView, Views, WorkerConfig};
 use serde::Deserialize;
 
 use crate::config::Config;
-use crate::telemetry::Telemetry;
 use crate::CliError;
+use larder_dashboard::Dashboard;
 
 pub const EXAMPLES: &str = "\
 Examples:
@@ -111,7 +111,6 @@ struct App {
     views: Views,
     http: HttpCache,
     trending: Cache,
-    telemetry: Arc<Telemetry>,
 }
 
 fn err(e: impl std::fmt::Display) -> CliError {
@@ -140,7 +139,8 @@ pub fn run(args: DemoArgs, config: Option<&str>) -> Result<(), CliError> {
 }
 
 async fn run_async(args: DemoArgs, config: Config) -> Result<(), CliError> {
-    let telemetry = Telemetry::global();
+    // Before the caches: their counters register with its recorder.
+    let dashboard = Dashboard::new();
     std::fs::create_dir_all(&args.data_dir).map_err(|e| {
         CliError::usage(format!("cannot create --data-dir {:?}: {e}", args.data_dir))
     })?;
@@ -280,8 +280,12 @@ async fn run_async(args: DemoArgs, config: Config) -> Result<(), CliError> {
         views: views.clone(),
         http: http.clone(),
         trending,
-        telemetry: telemetry.clone(),
     };
+    // The same service an application mounts (larder-dashboard).
+    let dashboard = dashboard
+        .http_cache(&http)
+        .views(&views)
+        .section("metrics_path", || "/metrics".into());
 
     // The worker: documents rewritten → the pages showing them purged.
     {
@@ -317,14 +321,11 @@ async fn run_async(args: DemoArgs, config: Config) -> Result<(), CliError> {
         .route("/posts/{id}/comments", post(new_comment))
         .route("/posts/{id}/like", post(like))
         .route("/users/{id}/rename", post(rename))
-        .route("/_larder", get(crate::telemetry::dashboard_page))
-        .route("/_larder/", get(crate::telemetry::dashboard_page))
-        .route("/_larder/stats.json", get(stats))
-        .route("/_larder/metrics", get(prometheus))
-        .route("/metrics", get(prometheus))
+        .nest_service("/_larder", dashboard.service())
+        .route_service("/metrics", dashboard.service())
         .merge(cached_pages)
         .layer(axum::middleware::from_fn_with_state(
-            telemetry.clone(),
+            dashboard.clone(),
             crate::telemetry::measure,
         ))
         .with_state(app);
@@ -661,7 +662,6 @@ struct UserDoc {
 }
 
 async fn post_page(State(app): State<App>, Path(id): Path<i64>) -> Response {
-    metrics::counter!("larder_demo_view_reads_total").increment(1);
     let doc: Option<PostDoc> = match app.views.get("post_page", id).await {
         Ok(d) => d,
         Err(e) => return oops(e),
@@ -706,7 +706,6 @@ async fn post_page(State(app): State<App>, Path(id): Path<i64>) -> Response {
 }
 
 async fn user_page(State(app): State<App>, Path(id): Path<i64>) -> Response {
-    metrics::counter!("larder_demo_view_reads_total").increment(1);
     let doc: Option<UserDoc> = match app.views.get("user_card", id).await {
         Ok(d) => d,
         Err(e) => return oops(e),
@@ -838,38 +837,6 @@ async fn rename(State(app): State<App>, Path(id): Path<i64>, Form(f): Form<Renam
     }
     app.purge(&["front".to_owned()]).await;
     Redirect::to(&format!("/users/{id}")).into_response()
-}
-
-async fn stats(State(app): State<App>) -> Response {
-    let views = app.views.status().await.ok();
-    let mut snap = app
-        .telemetry
-        .snapshot(Some(&app.http.stats()), views.as_ref());
-    snap["metrics_path"] = "/metrics".into();
-    crate::telemetry::stats_response(&snap)
-}
-
-async fn prometheus(State(app): State<App>) -> Response {
-    // Gauges read at scrape time.
-    if let Ok(s) = app.views.status().await {
-        metrics::gauge!("larder_views_backlog").set(s.backlog as f64);
-        metrics::gauge!("larder_views_lag_ms").set(s.lag_ms.unwrap_or(0) as f64);
-        metrics::gauge!("larder_views_dead_letters").set(s.dead_letters as f64);
-    }
-    let h = app.http.stats();
-    let mut text = app.telemetry.prometheus_text();
-    for (name, v) in [
-        ("hits", h.hits),
-        ("misses", h.misses),
-        ("stale", h.stale),
-        ("revalidated", h.revalidated),
-        ("bypassed", h.bypassed),
-        ("stored", h.stored),
-        ("merged", h.merged),
-    ] {
-        text += &format!("# TYPE larder_http_{name}_total counter\nlarder_http_{name}_total {v}\n");
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
 /// Requests the demo sends itself, so the dashboard shows a live site.

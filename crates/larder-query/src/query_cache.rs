@@ -113,8 +113,9 @@ struct Counters {
     table_writes: AtomicU64,
 }
 
-/// What a [`QueryCache`] (and its clones) has done since it was built.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// What a [`QueryCache`] (and its clones) has done since it was built
+/// (serializes as a JSON object, e.g. for a dashboard section).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[non_exhaustive]
 pub struct QueryStats {
     /// Cacheable reads answered (from the cache or by running the query).

@@ -319,6 +319,9 @@ impl Views {
         for k in keys {
             check_key(k)?;
         }
+        // With read_through_total: the dashboard's hit ratio of the views.
+        metrics::counter!("larder_views_reads_total", "view" => def.name.clone())
+            .increment(keys.len() as u64);
         let stored = self.inner.store.get_many(view, keys).await?;
         let mut out = Vec::with_capacity(keys.len());
         for (key, entry) in keys.iter().zip(stored) {

@@ -45,6 +45,10 @@
 #![warn(missing_docs)]
 
 pub use larder_core::*;
+/// The dashboard, its JSON and Prometheus text as a tower service to mount
+/// in your application (feature `dashboard`).
+#[cfg(feature = "dashboard")]
+pub use larder_dashboard as dashboard;
 #[cfg(feature = "file")]
 pub use larder_file;
 /// HTTP response caching for tower and axum (feature `http`).

@@ -158,7 +158,7 @@ struct AppState {
     server: Arc<ServerStats>,
     upstream: Uri,
     started: Instant,
-    telemetry: Arc<crate::telemetry::Telemetry>,
+    dashboard: larder_dashboard::Dashboard,
 }
 
 pub fn run(mut args: ProxyArgs, config: Option<&str>) -> Result<(), CliError> {
@@ -240,7 +240,7 @@ async fn serve(
     key_headers: Vec<HeaderName>,
 ) -> Result<(), CliError> {
     // Before the cache is built: its counters register with the recorder.
-    let telemetry = crate::telemetry::Telemetry::global();
+    let dashboard = larder_dashboard::Dashboard::new();
     let cache_url = args.cache.clone().unwrap_or_default();
     let store = larder::open(&cache_url).await?;
     let timeouts = Timeouts {
@@ -265,13 +265,23 @@ async fn serve(
     let cached = http
         .layer()
         .layer(Upstream::new(upstream.clone(), timeouts, stats.clone()));
+    let dashboard = {
+        let (errors, upstream) = (stats.clone(), upstream.to_string());
+        dashboard
+            .http_cache(&http)
+            .section("metrics_path", || "/_larder/metrics".into())
+            .section("upstream", move || upstream.clone().into())
+            .section("upstream_errors", move || {
+                errors.upstream_errors.load(Ordering::Relaxed).into()
+            })
+    };
     let state = AppState {
         http,
         stats,
         server: server_stats.clone(),
         upstream,
         started: Instant::now(),
-        telemetry: telemetry.clone(),
+        dashboard: dashboard.clone(),
     };
     let admin = admin_router(state.clone(), token.clone());
     let edge = Edge {
@@ -288,7 +298,7 @@ async fn serve(
     let traffic = own_paths
         .fallback_service(edge)
         .layer(axum::middleware::from_fn_with_state(
-            telemetry,
+            dashboard,
             crate::telemetry::measure,
         ));
     let limits = Limits {
@@ -448,10 +458,11 @@ impl Edge {
 /// The operator's endpoints, behind the token when there is one.
 fn admin_router(state: AppState, token: Option<Arc<str>>) -> Router {
     let purge = state.http.admin();
+    let page = state.dashboard.service();
     let protected = Router::new()
         .route("/_larder/status", get(status))
         .route("/_larder/metrics", get(metrics))
-        .route("/_larder/stats.json", get(stats_json))
+        .route_service("/_larder/stats.json", state.dashboard.service())
         .route_service("/_larder/purge", purge)
         .route("/_larder/{*rest}", any(not_found))
         .with_state(state)
@@ -459,8 +470,8 @@ fn admin_router(state: AppState, token: Option<Arc<str>>) -> Router {
     // The page holds no data; it sends the token it was given in its URL
     // fragment with each stats request.
     Router::new()
-        .route("/_larder", get(crate::telemetry::dashboard_page))
-        .route("/_larder/", get(crate::telemetry::dashboard_page))
+        .route_service("/_larder", page.clone())
+        .route_service("/_larder/", page)
         .merge(protected)
         .fallback(not_found)
 }
@@ -492,14 +503,6 @@ async fn require_token(
 /// Compares in time that depends on the length only.
 fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-async fn stats_json(State(state): State<AppState>) -> Response {
-    let mut snap = state.telemetry.snapshot(Some(&state.http.stats()), None);
-    snap["metrics_path"] = "/_larder/metrics".into();
-    snap["upstream"] = state.upstream.to_string().into();
-    snap["upstream_errors"] = state.stats.upstream_errors.load(Ordering::Relaxed).into();
-    crate::telemetry::stats_response(&snap)
 }
 
 async fn status(State(state): State<AppState>) -> Response {
@@ -575,7 +578,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     out.push_str(&format!("larder_proxy_breaker_open {}\n", u8::from(open)));
     // Everything else larder counts in this process (cache hits, misses,
     // timeouts, breaker, request latency histogram).
-    out.push_str(&state.telemetry.prometheus_text());
+    out.push_str(&state.dashboard.prometheus_text().await);
     (
         [(
             header::CONTENT_TYPE,
