@@ -2,9 +2,7 @@
 //! the same name). Idempotent; `--dry-run` prints the DDL instead.
 
 use clap::Args;
-use larder::larder_sql::{
-    create_table_sql, Dialect, SqlBackend, SqlConfig, SqliteBackend, SqliteConfig,
-};
+use larder::sql::{create_table_sql, Dialect, SqlBackend, SqlConfig, SqliteBackend, SqliteConfig};
 
 use crate::CliError;
 
@@ -51,7 +49,7 @@ pub fn run(args: CreateCacheTableArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
     rt.block_on(async {
         if dialect == Dialect::Sqlite {
-            let mut url = larder::CacheUrl::parse(&args.url)?;
+            let mut url = larder::backend::CacheUrl::parse(&args.url)?;
             let path = format!("{}{}", url.authority(), url.path());
             url.take_rest();
             let mut config = SqliteConfig::default();

@@ -24,7 +24,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use clap::Args;
-use larder::larder_mem::MemBackend;
+use larder::mem::MemBackend;
 use larder::prelude::*;
 use larder::{ComputeOptions, NearBackend};
 use larder_http::HttpCache;
@@ -196,11 +196,11 @@ async fn run_async(args: DemoArgs, config: Config) -> Result<(), CliError> {
     if cache_url.starts_with("redis://") {
         let bus_url = cache_url.split('?').next().unwrap_or(&cache_url);
         near = near.bus(Arc::new(
-            larder::larder_redis::RedisBus::new(bus_url, "larder_demo").map_err(err)?,
+            larder::redis::RedisBus::new(bus_url, "larder_demo").map_err(err)?,
         ));
     } else if dialect == Dialect::Postgres {
         near = near.bus(Arc::new(
-            larder::larder_sql::PgBus::new(&database, "larder_demo").map_err(err)?,
+            larder::sql::PgBus::new(&database, "larder_demo").map_err(err)?,
         ));
     }
     let near = near.build().await.map_err(err)?;

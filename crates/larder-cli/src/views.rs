@@ -46,11 +46,11 @@ pub struct ViewsArgs {
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// The source database (postgres://, mysql://, sqlite://; default:
-    /// larder.toml's [database] url).
+    /// larder.toml's `[database]` url).
     #[arg(long, global = true, env = "LARDER_DATABASE_URL")]
     database: Option<String>,
     /// Where documents live: redb:PATH, redis://…, sql or sql:URL (default:
-    /// larder.toml's [store] url, else redb:larder-views.redb).
+    /// larder.toml's `[store]` url, else redb:larder-views.redb).
     #[arg(long, global = true, env = "LARDER_VIEWS_STORE")]
     store: Option<String>,
     /// The views file (TOML, `[views.<name>]` tables; default:
@@ -69,7 +69,7 @@ struct Common {
     )]
     capture: Capture,
     /// The replication slot for `--capture logical` (default:
-    /// larder_views_<database name>; a slot belongs to one database).
+    /// `larder_views_<database name>`; a slot belongs to one database).
     #[arg(long, global = true, env = "LARDER_VIEWS_SLOT")]
     slot: Option<String>,
 }

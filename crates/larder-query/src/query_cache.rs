@@ -950,7 +950,7 @@ where
     /// it read. The first call bumps everything (the cache may hold
     /// results from before), and so does one call after every write that
     /// was in flight then has ended. Also prunes the log now and then
-    /// ([`crate::outside::RETENTION`]).
+    /// (rows older than ten minutes below every reader's position).
     pub async fn sync_outside_writes(&self, seen: &mut OutsideWrites) -> Result<usize, QueryError> {
         use larder_changes::changelog::{self, Fence, LogRow};
         use sqlx::Row;

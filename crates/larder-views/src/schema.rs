@@ -96,7 +96,7 @@ pub fn trigger_sql(dialect: Dialect, table: &str, cols: &BTreeSet<String>) -> Re
     )?)
 }
 
-/// Every statement [`install`] runs, in order (for review, or to run by
+/// Every statement [`Views::install`](crate::Views::install) runs, in order (for review, or to run by
 /// hand: `larder views install --dry-run`).
 pub fn install_sql(dialect: Dialect, views: &[&ViewDef]) -> Result<Vec<String>> {
     let mut out = tables_sql(dialect);

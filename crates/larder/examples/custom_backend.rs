@@ -4,9 +4,10 @@
 //!
 //! Run: `cargo run -p larder --example custom_backend`
 
-use larder::larder_mem::MemBackend;
+use larder::backend::{async_trait, Backend, Bytes, Capabilities, ClearScope, Expiry};
+use larder::mem::MemBackend;
 use larder::prelude::*;
-use larder::{async_trait, Backend, Bytes, Capabilities, ClearScope, Expiry, Result};
+use larder::Result;
 
 struct Logged<B>(B);
 

@@ -4,7 +4,7 @@
 //!
 //! Run: `cargo run -p larder --example file_cache`
 
-use larder::larder_file::{FileBackend, FileConfig};
+use larder::file::{FileBackend, FileConfig};
 use larder::prelude::*;
 
 #[tokio::main]

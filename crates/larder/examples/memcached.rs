@@ -4,7 +4,7 @@
 //! Needs memcached servers (`scripts/services` starts three). Run:
 //! `cargo run -p larder --features memcached --example memcached`
 
-use larder::larder_memcached::MemcachedBackend;
+use larder::memcached::MemcachedBackend;
 use larder::prelude::*;
 
 #[tokio::main]
@@ -12,7 +12,7 @@ async fn main() -> Result<(), Error> {
     let url = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "memcached://127.0.0.1:21211,127.0.0.1:21212,127.0.0.1:21213".into());
-    let mut parsed = larder::CacheUrl::parse(&url)?;
+    let mut parsed = larder::backend::CacheUrl::parse(&url)?;
     let pool = MemcachedBackend::from_url(&mut parsed)?;
     for key in ["user:1", "user:2", "user:3", "user:4"] {
         println!(

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use larder::larder_mem::MemBackend;
-use larder::larder_redis::RedisBus;
+use larder::mem::MemBackend;
 use larder::prelude::*;
+use larder::redis::RedisBus;
 use larder::NearBackend;
 
 async fn node(url: &str) -> Result<(Cache, Arc<NearBackend>), Error> {

@@ -8,9 +8,9 @@
 
 use std::sync::Arc;
 
-use larder::larder_mem::MemBackend;
+use larder::backend::Backend;
+use larder::mem::MemBackend;
 use larder::prelude::*;
-use larder::Backend;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {

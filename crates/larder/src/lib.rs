@@ -27,48 +27,94 @@
 //!
 //! | URL | backend | cargo feature |
 //! |-----|---------|---------------|
-//! | `mem://?max_entries=N` or `mem://?max_bytes=N` | in-process ([`larder_mem`]) | `mem` (default) |
-//! | `file:///path?max_entries=N&cull_frequency=N` | filesystem ([`larder_file`]) | `file` (default) |
-//! | `redis://[user:pass@]host:port[/db]` | Redis ([`larder_redis`]) | `redis` |
-//! | `redis+cluster://h1:p1,h2:p2` | Redis Cluster ([`larder_redis`]) | `redis` |
-//! | `memcached://h1:p1,h2:p2` | memcached pool ([`larder_memcached`]) | `memcached` |
-//! | `sqlite:///path.db`, `postgres://…`, `mysql://…` | SQL table ([`larder_sql`]) | `sql` |
+//! | `mem://?max_entries=N` or `mem://?max_bytes=N` | in-process (`larder::mem`) | `mem` (default) |
+//! | `file:///path?max_entries=N&cull_frequency=N` | filesystem (`larder::file`) | `file` (default) |
+//! | `redis://[user:pass@]host:port[/db]` | Redis (`larder::redis`) | `redis` |
+//! | `redis+cluster://h1:p1,h2:p2` | Redis Cluster (`larder::redis`) | `redis` |
+//! | `memcached://h1:p1,h2:p2` | memcached pool (`larder::memcached`) | `memcached` |
+//! | `sqlite:///path.db`, `postgres://…`, `mysql://…` | SQL table (`larder::sql`) | `sql` |
 //! | `dummy://` | stores nothing ([`DummyBackend`]) | always |
 //!
 //! Every URL also takes the cache options `key_prefix`, `version`, `timeout`
 //! (seconds or `none`), `codec` (`postcard` or `json`), `compress_above`,
-//! `hash_long_keys`, `max_value_bytes` and `name`. An unknown scheme or
-//! option is an error that names it.
+//! `hash_long_keys`, `max_value_bytes`, `name` and `deadline_ms`. An
+//! unknown scheme or option is an error that names it.
 //!
-//! Your own backend: implement [`Backend`] (see its documentation for a
-//! complete example) and wrap it with [`Cache::builder`].
+//! ## Contents
+//!
+//! | path | what | cargo feature |
+//! |------|------|---------------|
+//! | [`Cache`], [`Ttl`], [`Error`], [`ComputeOptions`], [`ComputeError`], [`prelude`] | the cache API | always |
+//! | [`NearBackend`], [`InvalidationBus`] | an in-process L1 in front of a shared cache | always |
+//! | `larder::mem`, `larder::file`, `larder::redis`, `larder::memcached`, `larder::sql` | the backends, for building a cache by hand ([`Cache::builder`]) | `mem`, `file`, `redis`, `memcached`, `sql` |
+//! | `larder::http` | HTTP caching for tower/axum, per site and per route | `http` |
+//! | `larder::query` | query-result caching for sqlx | `query` |
+//! | `larder::views` | denormalized views kept by workers | `views` |
+//! | `larder::dashboard` | the dashboard, stats.json, Prometheus text, to mount | `dashboard` |
+//! | [`backend`] | writing your own backend: the [`backend::Backend`] trait and what it exchanges | always |
 #![warn(missing_docs)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
-pub use larder_core::*;
+pub use larder_core::{
+    BreakerConfig, BreakerState, Cache, CacheBuilder, CacheValue, Codec, ComputeError,
+    ComputeOptions, DummyBackend, Error, InvalidationBus, KeyFn, NearBackend, Result, Ttl,
+    DEFAULT_DEADLINE, DEFAULT_LEASE_TTL, DEFAULT_MAX_VALUE_BYTES, DEFAULT_STORE_DEADLINE,
+    DEFAULT_TTL, MAX_KEY_BYTES,
+};
+
+/// Writing your own backend (see [`Backend`] for a
+/// complete example) or invalidation bus: the trait, what it exchanges,
+/// and the helpers the built-in backends share.
+pub mod backend {
+    pub use larder_core::{
+        acquire_lease_by_add, async_trait, io_kind_means_unreachable, lease_key, Backend,
+        BlockingIo, BusEvent, BusMessage, Bytes, CacheUrl, Capabilities, ClearScope, DecodedMemo,
+        Expiry, FailureLog, Invalidation, KeyPolicy, LeaseGrant, LeaseToken, Resolved, UrlOptions,
+        WriteGenerations, SUMMARY_INTERVAL,
+    };
+}
+
 /// The dashboard, its JSON and Prometheus text as a tower service to mount
-/// in your application (feature `dashboard`).
+/// in your application.
 #[cfg(feature = "dashboard")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dashboard")))]
 pub use larder_dashboard as dashboard;
+/// The filesystem backend (`file://`).
 #[cfg(feature = "file")]
-pub use larder_file;
-/// HTTP response caching for tower and axum (feature `http`).
+#[cfg_attr(docsrs, doc(cfg(feature = "file")))]
+pub use larder_file as file;
+/// HTTP response caching for tower and axum.
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use larder_http as http;
+/// The in-process memory backend (`mem://`).
 #[cfg(feature = "mem")]
-pub use larder_mem;
+#[cfg_attr(docsrs, doc(cfg(feature = "mem")))]
+pub use larder_mem as mem;
+/// A memcached pool (`memcached://h1:p1,h2:p2`).
 #[cfg(feature = "memcached")]
-pub use larder_memcached;
-/// Query-result caching for sqlx with automatic invalidation (feature `query`).
+#[cfg_attr(docsrs, doc(cfg(feature = "memcached")))]
+pub use larder_memcached as memcached;
+/// Query-result caching for sqlx with automatic invalidation.
 #[cfg(feature = "query")]
+#[cfg_attr(docsrs, doc(cfg(feature = "query")))]
 pub use larder_query as query;
+/// Redis and Redis Cluster (`redis://`, `redis+cluster://`), and the Redis
+/// invalidation bus of the near cache.
 #[cfg(feature = "redis")]
-pub use larder_redis;
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use larder_redis as redis;
+/// A cache table in SQLite, PostgreSQL or MySQL/MariaDB, and the
+/// PostgreSQL invalidation bus.
 #[cfg(feature = "sql")]
-pub use larder_sql;
-/// Denormalized views: documents set by workers into persistent storage
-/// (feature `views`).
+#[cfg_attr(docsrs, doc(cfg(feature = "sql")))]
+pub use larder_sql as sql;
+/// Denormalized views: documents set by workers into persistent storage.
 #[cfg(feature = "views")]
+#[cfg_attr(docsrs, doc(cfg(feature = "views")))]
 pub use larder_views as views;
+
+use larder_core::{Backend, CacheUrl, UrlOptions};
 
 /// The names most programs need: `use larder::prelude::*;`.
 pub mod prelude {

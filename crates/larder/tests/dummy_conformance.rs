@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
-use larder::{Backend, DummyBackend};
+use larder::backend::Backend;
+use larder::DummyBackend;
 
 larder_testkit::dummy_suite!(|| async { Arc::new(DummyBackend) as Arc<dyn Backend> });

@@ -8,10 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use larder::backend::{async_trait, Backend, Bytes, Capabilities, ClearScope, Expiry};
 use larder::prelude::*;
-use larder::{
-    async_trait, Backend, BreakerConfig, BreakerState, Bytes, Capabilities, ClearScope, Expiry,
-};
+use larder::{BreakerConfig, BreakerState};
 
 /// A map that can be switched to failing or slow.
 #[derive(Default)]

@@ -8,10 +8,10 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use larder::larder_mem::MemBackend;
-use larder::larder_redis::RedisBus;
-use larder::larder_sql::PgBus;
+use larder::mem::MemBackend;
 use larder::prelude::*;
+use larder::redis::RedisBus;
+use larder::sql::PgBus;
 use larder::{InvalidationBus, NearBackend};
 
 const L2: &str = "redis://127.0.0.1:6379/0";

@@ -327,7 +327,7 @@ pub async fn serve<S>(
 {
     let registry = Arc::new(Registry::default());
     let origin = Instant::now();
-    let accept_failures = larder::FailureLog::new("proxy accept");
+    let accept_failures = larder::backend::FailureLog::new("proxy accept");
     let (stop_tx, stop_rx) = watch::channel(false);
     // No hyper timer: the watchdog below bounds every wait, and hyper's
     // header timer is re-armed for every request head. No `max_headers`

@@ -164,7 +164,7 @@ pub struct Upstream {
     base: Uri,
     timeouts: Timeouts,
     stats: Arc<Stats>,
-    failures: Arc<larder::FailureLog>,
+    failures: Arc<larder::backend::FailureLog>,
 }
 
 impl Upstream {
@@ -180,7 +180,7 @@ impl Upstream {
             base,
             timeouts,
             stats,
-            failures: Arc::new(larder::FailureLog::new("upstream request")),
+            failures: Arc::new(larder::backend::FailureLog::new("upstream request")),
         }
     }
 
