@@ -84,17 +84,19 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("larder: {e}");
+            eprintln!("larder: {}", e.report());
             ExitCode::from(e.exit_code())
         }
     }
 }
 
-/// An error of the command line, with the exit code it maps to.
+/// An error of the command line, with the exit code it maps to and the
+/// error that caused it (printed as "caused by" lines).
 #[derive(Debug)]
 pub struct CliError {
     pub(crate) message: String,
     pub(crate) code: u8,
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl CliError {
@@ -103,6 +105,7 @@ impl CliError {
         CliError {
             message: message.into(),
             code: 2,
+            source: None,
         }
     }
     /// The work failed: exit code 1.
@@ -110,10 +113,38 @@ impl CliError {
         CliError {
             message: message.into(),
             code: 1,
+            source: None,
         }
+    }
+    /// `larder views verify` found drift: exit code 3.
+    pub fn drifted(message: impl Into<String>) -> Self {
+        CliError {
+            message: message.into(),
+            code: 3,
+            source: None,
+        }
+    }
+    /// Keeps `source` as the cause.
+    pub fn because(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
     }
     fn exit_code(&self) -> u8 {
         self.code
+    }
+    /// The message, then each cause not already part of it.
+    fn report(&self) -> String {
+        let mut out = self.message.clone();
+        let mut next = std::error::Error::source(self);
+        while let Some(e) = next {
+            let text = e.to_string();
+            if !out.contains(&text) {
+                out.push_str("\n  caused by: ");
+                out.push_str(&text);
+            }
+            next = e.source();
+        }
+        out
     }
 }
 
@@ -123,11 +154,64 @@ impl std::fmt::Display for CliError {
     }
 }
 
+impl std::error::Error for CliError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source
+            .as_deref()
+            .map(|e| e as &(dyn std::error::Error + 'static))
+    }
+}
+
 impl From<larder::Error> for CliError {
     fn from(e: larder::Error) -> Self {
+        let message = e.to_string();
         match e {
-            larder::Error::Config(_) => CliError::usage(e.to_string()),
-            other => CliError::failed(other.to_string()),
+            larder::Error::Config(_) => CliError::usage(message).because(e),
+            other => CliError::failed(message).because(other),
         }
+    }
+}
+
+impl From<larder_query::QueryError> for CliError {
+    fn from(e: larder_query::QueryError) -> Self {
+        CliError::failed(e.to_string()).because(e)
+    }
+}
+
+impl From<larder_views::Error> for CliError {
+    fn from(e: larder_views::Error) -> Self {
+        CliError::failed(e.to_string()).because(e)
+    }
+}
+
+#[cfg(test)]
+mod cli_error_tests {
+    use super::CliError;
+
+    #[test]
+    fn keeps_its_source_and_reports_the_chain() {
+        let io = std::io::Error::new(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused by 127.0.0.1:6379",
+        );
+        let e = CliError::failed("cannot reach the cache").because(io);
+        let source = std::error::Error::source(&e).expect("the cause is kept");
+        let io = source.downcast_ref::<std::io::Error>().expect("as itself");
+        assert_eq!(io.kind(), std::io::ErrorKind::ConnectionRefused);
+        assert_eq!(
+            e.report(),
+            "cannot reach the cache\n  caused by: refused by 127.0.0.1:6379"
+        );
+        // A larder error converts with its exit code and stays matchable.
+        let e = CliError::from(larder::Error::config("bad option x"));
+        assert_eq!(e.exit_code(), 2);
+        assert!(std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<larder::Error>())
+            .is_some_and(|l| matches!(l, larder::Error::Config(_))));
+        assert_eq!(
+            e.report(),
+            "invalid cache configuration: bad option x",
+            "a cause already in the message is not repeated"
+        );
     }
 }

@@ -532,12 +532,9 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
                 );
             }
             if drifted > 0 {
-                return Err(CliError {
-                    message: format!(
-                        "{drifted} document(s) drifted; `larder views repair` rewrites them"
-                    ),
-                    code: 3,
-                });
+                return Err(CliError::drifted(format!(
+                    "{drifted} document(s) drifted; `larder views repair` rewrites them"
+                )));
             }
         }
         ViewsCommand::Repair {
