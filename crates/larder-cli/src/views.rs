@@ -57,6 +57,9 @@ struct Common {
     /// larder-views.toml, else larder.toml).
     #[arg(long = "views", global = true, env = "LARDER_VIEWS_FILE")]
     views_file: Option<String>,
+    /// Whether `--views` / LARDER_VIEWS_FILE named the file (not a default).
+    #[arg(skip)]
+    views_named: bool,
     /// How writes to the source tables are captured: `triggers` (every
     /// database) or `logical` (PostgreSQL logical replication, no
     /// triggers; the server needs wal_level=logical). `install` and `work`
@@ -326,6 +329,7 @@ fn resolve(mut common: Common, config: &crate::config::Config) -> Common {
                 .unwrap_or_else(|| "redb:larder-views.redb".to_owned()),
         );
     }
+    common.views_named = common.views_file.is_some();
     if common.views_file.is_none() {
         let own = std::path::Path::new("larder-views.toml");
         common.views_file = Some(match &config.path {
@@ -440,7 +444,20 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
             }
         }
         ViewsCommand::Status { json } => {
+            let declared = common.views_named;
             let s = match open(&common, 2).await {
+                // Views declared in the application, not in a file: the
+                // outbox figures (backlog, lag, dead letters) come from
+                // the database alone.
+                Err(_) if !declared && common.database.is_some() => {
+                    eprintln!(
+                        "larder: no views file (views declared in the application): outbox figures only; \
+                         documents per view need --views FILE"
+                    );
+                    let database = common.database.as_deref().unwrap_or_default();
+                    let source = Source::connect(database, 2).await.map_err(failed)?;
+                    larder_views::outbox_status(&source).await.map_err(failed)?
+                }
                 Ok(views) => views.status().await.map_err(failed)?,
                 // The embedded store is held by a running worker: the
                 // outbox figures still come from the database.

@@ -421,6 +421,22 @@ async fn operator_commands_rebuild_verify_repair_status() {
     assert!(text.contains("backlog      1"), "{text}");
     assert!(text.contains("pending      users: 1"), "{text}");
     assert!(text.contains("documents    post_page: 40"), "{text}");
+    // Views declared in an application, not in a file: the outbox figures
+    // still come from --database alone.
+    let out = env
+        .cmd(&["status", "--json"])
+        .env_remove("LARDER_VIEWS_FILE")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(s["backlog"], 1);
+    assert_eq!(s["dead_letters"], 0);
+    assert!(s["lag_ms"].as_u64().is_some());
     // The stale document is drift until a worker runs; repair fixes it.
     assert_eq!(env.run(&["verify"]).status.code(), Some(3));
     let out = env.ok(&["repair"]);
