@@ -23,6 +23,7 @@ mod capture;
 mod error;
 mod generations;
 mod outside;
+mod param;
 mod query_cache;
 #[cfg(feature = "logical")]
 mod replication;
@@ -35,6 +36,7 @@ pub use generations::Generations;
 #[cfg(feature = "logical")]
 pub use larder_changes::logical::LogicalConfig;
 pub use outside::{install, install_plan, install_sql, listen_postgres, CHANGE_LOG, CHANNEL};
+pub use param::{Bind, BindParam};
 pub use query_cache::{
     CacheableDb, CachedTransaction, OutsideWrites, Param, QueryCache, QueryStats, RowsAffected,
 };

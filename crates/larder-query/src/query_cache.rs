@@ -7,6 +7,8 @@ use std::sync::Arc;
 use larder_core::{Cache, Error, Ttl};
 
 use crate::error::QueryError;
+use crate::param::BindParam;
+pub use crate::param::Param;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -21,42 +23,8 @@ use crate::rows::{Canon, Const, RowDeps};
 /// we could not analyze may have written anything.
 pub(crate) const EVERYTHING: &str = "*";
 
-/// A bound parameter. Parameters are part of the cache key, so they are
-/// values we can hash, not arbitrary `Encode` types.
-#[derive(Debug, Clone, PartialEq, Serialize)]
-#[non_exhaustive]
-pub enum Param {
-    /// SQL NULL (bound as a nullable BIGINT).
-    Null,
-    /// A boolean.
-    Bool(bool),
-    /// An integer.
-    Int(i64),
-    /// A float.
-    Float(f64),
-    /// Text.
-    Text(String),
-    /// Bytes.
-    Bytes(Vec<u8>),
-}
-
-macro_rules! from_param {
-    ($($t:ty => $v:ident),*) => {$(
-        impl From<$t> for Param {
-            fn from(x: $t) -> Param { Param::$v(x.into()) }
-        }
-    )*};
-}
-from_param!(bool => Bool, i64 => Int, i32 => Int, u32 => Int, f64 => Float, String => Text, &str => Text, Vec<u8> => Bytes);
-
-impl<T: Into<Param>> From<Option<T>> for Param {
-    fn from(x: Option<T>) -> Param {
-        x.map_or(Param::Null, Into::into)
-    }
-}
-
 /// The sqlx bounds a database needs for [`QueryCache`].
-pub trait CacheableDb: Database
+pub trait CacheableDb: Database + BindParam
 where
     for<'q> <Self as Database>::Arguments<'q>: IntoArguments<'q, Self>,
     for<'c> &'c mut <Self as Database>::Connection: Executor<'c, Database = Self>,
@@ -65,7 +33,7 @@ where
 
 impl<DB> CacheableDb for DB
 where
-    DB: Database,
+    DB: Database + BindParam,
     for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
     for<'c> &'c mut <DB as Database>::Connection: Executor<'c, Database = DB>,
 {
@@ -300,8 +268,7 @@ fn fingerprint(sql: &str, params: &[Param], tables: &[String], gens: &[u64]) -> 
     };
     part(sql.as_bytes());
     for p in params {
-        let encoded = serde_json::to_vec(p).unwrap_or_default();
-        part(&encoded);
+        part(&p.key_bytes());
     }
     for (t, g) in tables.iter().zip(gens) {
         part(t.as_bytes());
@@ -322,14 +289,7 @@ macro_rules! bind_all {
     ($q:expr, $params:expr) => {{
         let mut q = $q;
         for p in $params {
-            q = match p {
-                Param::Null => q.bind(None::<i64>),
-                Param::Bool(v) => q.bind(*v),
-                Param::Int(v) => q.bind(*v),
-                Param::Float(v) => q.bind(*v),
-                Param::Text(v) => q.bind(v.clone()),
-                Param::Bytes(v) => q.bind(v.clone()),
-            };
+            q = <DB as crate::param::BindParam>::bind_param(q, p);
         }
         q
     }};
