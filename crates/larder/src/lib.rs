@@ -51,14 +51,15 @@
 //! | `larder::query` | query-result caching for sqlx | `query` |
 //! | `larder::views` | denormalized views kept by workers | `views` |
 //! | `larder::dashboard` | the dashboard, stats.json, Prometheus text, to mount | `dashboard` |
+//! | `#[larder::cached]` | memoize an async fn by its arguments | `macros` |
 //! | [`backend`] | writing your own backend: the [`backend::Backend`] trait and what it exchanges | always |
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 pub use larder_core::{
-    BreakerConfig, BreakerState, Cache, CacheBuilder, CacheValue, Codec, ComputeError,
-    ComputeOptions, DummyBackend, Error, InvalidationBus, KeyFn, NearBackend, Result, Ttl,
-    DEFAULT_DEADLINE, DEFAULT_LEASE_TTL, DEFAULT_MAX_VALUE_BYTES, DEFAULT_STORE_DEADLINE,
+    fragment_key, BreakerConfig, BreakerState, Cache, CacheBuilder, CacheValue, Codec,
+    ComputeError, ComputeOptions, DummyBackend, Error, InvalidationBus, KeyFn, NearBackend, Result,
+    Ttl, DEFAULT_DEADLINE, DEFAULT_LEASE_TTL, DEFAULT_MAX_VALUE_BYTES, DEFAULT_STORE_DEADLINE,
     DEFAULT_TTL, MAX_KEY_BYTES,
 };
 
@@ -74,6 +75,27 @@ pub mod backend {
     };
 }
 
+/// The default key of `#[cached]`: `path` and the arguments' `Debug`,
+/// with `%`, spaces and control characters percent-encoded (keys must
+/// not contain them). Not part of the API.
+#[doc(hidden)]
+pub fn __cached_key(path: &str, args: &str) -> String {
+    let mut out = String::with_capacity(path.len() + args.len() + 1);
+    out.push_str(path);
+    out.push(':');
+    for c in args.chars() {
+        if c == '%' || c == ' ' || c.is_control() {
+            let mut buf = [0u8; 4];
+            for b in c.encode_utf8(&mut buf).bytes() {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// The dashboard, its JSON and Prometheus text as a tower service to mount
 /// in your application.
 #[cfg(feature = "dashboard")]
@@ -87,6 +109,11 @@ pub use larder_file as file;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use larder_http as http;
+/// Memoizes an async function by its arguments through a [`Cache`]; see
+/// [the macro's documentation](larder_macros::cached).
+#[cfg(feature = "macros")]
+#[cfg_attr(docsrs, doc(cfg(feature = "macros")))]
+pub use larder_macros::cached;
 /// The in-process memory backend (`mem://`).
 #[cfg(feature = "mem")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mem")))]
