@@ -8,7 +8,6 @@ mod ops;
 mod progress;
 mod proxy;
 mod query;
-mod scenario;
 mod telemetry;
 mod views;
 

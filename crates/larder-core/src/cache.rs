@@ -1250,9 +1250,4 @@ impl Cache {
     }
 }
 
-/// Now, in unix milliseconds (0 if the clock is before 1970).
-pub(crate) fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub(crate) use crate::time::unix_ms;

@@ -139,12 +139,9 @@ fn io_err(e: io::Error) -> Error {
     Error::backend(NAME, e)
 }
 
+/// Never 0: 0 means "no expiry" in the entry header.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-        .max(1)
+    larder_core::unix_ms().max(1)
 }
 
 fn deadline_ms(ttl: Expiry) -> u64 {

@@ -42,7 +42,7 @@ pub mod proto;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
 use larder_core::envelope::parse_integer;
@@ -156,10 +156,7 @@ fn exptime(ttl: Expiry) -> String {
         Expiry::After(d) => (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1),
     };
     if secs > THIRTY_DAYS {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
+        let now = larder_core::unix_ms() / 1000;
         format!("T{}", now + secs)
     } else {
         format!("T{secs}")

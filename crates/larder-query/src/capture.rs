@@ -24,7 +24,7 @@ use sqlparser::ast::{
 use sqlparser::parser::Parser;
 
 use crate::analyze::{normalize, SqlDialect};
-use crate::query_cache::Param;
+use crate::param::Param;
 use crate::rows::{canon_f64, canon_text, Canon};
 
 /// How a write statement reports the rows it touched.

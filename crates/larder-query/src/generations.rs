@@ -4,6 +4,10 @@ use std::collections::BTreeSet;
 
 use larder_core::{Cache, Result, Ttl};
 
+/// The pseudo-table every read depends on: bumped by statements that
+/// cannot be analysed, and by resyncs of outside writes.
+pub(crate) const EVERYTHING: &str = "*";
+
 /// One generation per table, stored in a larder [`Cache`] (shared by every
 /// process using the same store).
 ///

@@ -19,10 +19,6 @@ use crate::capture::{self, CaptureRow, SetValue, WritePlan};
 use crate::generations::{self, Generations};
 use crate::rows::{Canon, Const, RowDeps};
 
-/// The pseudo-table every cached query depends on: bumped when a statement
-/// we could not analyze may have written anything.
-pub(crate) const EVERYTHING: &str = "*";
-
 /// The sqlx bounds a database needs for [`QueryCache`].
 pub trait CacheableDb: Database + BindParam
 where
@@ -221,7 +217,7 @@ impl<DB: Database> QueryCache<DB> {
                 _ => keys.push(generations::rows_key(t)),
             }
         }
-        keys.push(generations::table_key(EVERYTHING));
+        keys.push(generations::table_key(generations::EVERYTHING));
         keys
     }
 }
@@ -639,7 +635,7 @@ where
                     reason,
                     "query cache: unanalyzable statement; invalidating every table"
                 );
-                vec![EVERYTHING.to_owned()]
+                vec![generations::EVERYTHING.to_owned()]
             }
         };
         self.counters.table_writes.fetch_add(1, Ordering::Relaxed);
@@ -951,7 +947,7 @@ where
                 .collect()
         };
         let everything = || {
-            [generations::table_key(EVERYTHING)]
+            [generations::table_key(generations::EVERYTHING)]
                 .into_iter()
                 .collect::<std::collections::BTreeSet<_>>()
         };
@@ -1036,11 +1032,8 @@ where
             .is_none_or(|t| t.elapsed() > crate::outside::PRUNE_EVERY)
         {
             seen.last_prune = Some(std::time::Instant::now());
-            let cutoff = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .saturating_sub(crate::outside::RETENTION)
-                .as_millis() as i64;
+            let cutoff = larder_core::unix_ms_i64()
+                .saturating_sub(crate::outside::RETENTION.as_millis() as i64);
             if let Err(e) = sqlx::raw_sql(&changelog::prune_sql(log, seen.cursor.settled(), cutoff))
                 .execute(pool)
                 .await

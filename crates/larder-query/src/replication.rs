@@ -69,7 +69,7 @@ pub(crate) fn keys_of(changes: &[RowChange]) -> BTreeSet<String> {
             _ => {
                 // A kind of change this version does not know: be coarse.
                 tracing::warn!("query cache: unknown replicated change; invalidating everything");
-                touched.table(crate::query_cache::EVERYTHING);
+                touched.table(crate::generations::EVERYTHING);
             }
         }
     }
@@ -85,7 +85,7 @@ pub(crate) async fn watch(config: LogicalConfig, generations: Generations) {
         let keys = match &event {
             StreamEvent::Resync => tables.iter().map(|t| table_key(&t.to_ascii_lowercase())).collect(),
             StreamEvent::Transaction(changes) => keys_of(changes),
-            _ => [table_key(crate::query_cache::EVERYTHING)].into(),
+            _ => [table_key(crate::generations::EVERYTHING)].into(),
         };
         async move {
             // The transaction is confirmed to the server only after this

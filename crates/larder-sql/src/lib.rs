@@ -41,7 +41,7 @@ pub use sqlite::{SqliteBackend, SqliteConfig};
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Once};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use larder_core::envelope::parse_integer;
 use larder_core::{
@@ -216,12 +216,7 @@ pub async fn open(url: &mut CacheUrl) -> Result<Arc<dyn Backend>> {
     }
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+use larder_core::unix_ms_i64 as now_ms;
 
 fn expires(ttl: Expiry) -> Option<i64> {
     match ttl {

@@ -15,7 +15,6 @@ use crate::schema::{self, DEAD_TABLE, OUTBOX_TABLE};
 use crate::source::Source;
 use crate::store::{DocStore, Put, Versioned};
 use crate::view::{Dependency, ViewDef};
-use crate::worker::{Worker, WorkerConfig};
 
 /// A progress callback: `(done, total)`.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
@@ -266,11 +265,6 @@ impl Views {
     pub fn install_sql(&self) -> Result<Vec<String>> {
         let defs: Vec<&ViewDef> = self.inner.defs.values().map(|d| &**d).collect();
         schema::install_sql(self.inner.source.dialect, &defs)
-    }
-
-    /// A worker with `config`.
-    pub fn worker(&self, config: WorkerConfig) -> Worker {
-        Worker::new(self.clone(), config)
     }
 
     /// Records, on `conn` (the application's transaction: `&mut *tx`), that

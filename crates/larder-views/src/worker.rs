@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::Notify;
@@ -18,6 +18,15 @@ use crate::source::Dialect;
 use crate::store::Put;
 use crate::view::RowChange;
 use crate::views::Views;
+
+// Views are the registry; the worker is their operations front. The
+// constructor lives here so the registry does not depend on the worker.
+impl Views {
+    /// A worker with `config`.
+    pub fn worker(&self, config: WorkerConfig) -> Worker {
+        Worker::new(self.clone(), config)
+    }
+}
 
 /// How a worker runs.
 #[derive(Debug, Clone)]
@@ -124,12 +133,7 @@ type ViewKey = (String, String);
 /// A computed document (`None`: the key has none), or why not.
 type Computed = std::result::Result<Option<Vec<u8>>, String>;
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or_default()
-}
+use larder_core::unix_ms_i64 as now_ms;
 
 /// A view worker. Any number may run, in any number of processes, on one
 /// outbox.

@@ -68,10 +68,10 @@ pub use larder_core::{
 /// and the helpers the built-in backends share.
 pub mod backend {
     pub use larder_core::{
-        acquire_lease_by_add, async_trait, io_kind_means_unreachable, lease_key, Backend,
-        BlockingIo, BusEvent, BusMessage, Bytes, CacheUrl, Capabilities, ClearScope, DecodedMemo,
-        Expiry, FailureLog, Invalidation, KeyPolicy, LeaseGrant, LeaseToken, Resolved, UrlOptions,
-        WriteGenerations, SUMMARY_INTERVAL,
+        acquire_lease_by_add, async_trait, io_kind_means_unreachable, lease_key, unix_ms,
+        unix_ms_i64, Backend, BlockingIo, BusEvent, BusMessage, Bytes, CacheUrl, Capabilities,
+        ClearScope, DecodedMemo, Expiry, FailureLog, Invalidation, KeyPolicy, LeaseGrant,
+        LeaseToken, Resolved, UrlOptions, WriteGenerations, SUMMARY_INTERVAL,
     };
 }
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use larder::{BreakerConfig, Cache, ComputeOptions, Error, Ttl};
 
-use crate::bench::{machine, targets_for, utc, BenchArgs};
+use super::{machine, targets_for, utc, BenchArgs};
 use crate::CliError;
 
 /// The scenarios of `--scenario`.
@@ -137,7 +137,7 @@ pub fn run(args: &BenchArgs, scenario: Scenario) -> Result<(), CliError> {
         "urls": targets.iter().map(|t| (t.name.clone(), t.url.clone())).collect::<std::collections::BTreeMap<_, _>>(),
         "results": results,
     });
-    crate::bench::write_json(&args.out, &doc)
+    super::write_json(&args.out, &doc)
 }
 
 fn scenario_name(s: Scenario) -> &'static str {

@@ -2,6 +2,8 @@
 //! exactly like `peers/django/cache_ops.py` so that the JSON files compare
 //! one to one.
 
+pub mod scenario;
+
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -100,7 +102,7 @@ pub struct BenchArgs {
     /// herd, multi-process-herd, hot-key, cache-down. cache-down starts its
     /// own redis-server or memcached on the port of the --url it is given.
     #[arg(long, value_enum)]
-    pub scenario: Option<crate::scenario::Scenario>,
+    pub scenario: Option<scenario::Scenario>,
     /// Scenarios: concurrent callers (per process).
     #[arg(long, default_value_t = 50)]
     pub clients: usize,
@@ -194,7 +196,7 @@ pub fn run(args: BenchArgs) -> Result<(), CliError> {
                 "--clients, --rounds, --processes and --ttl-secs must be at least 1",
             ));
         }
-        return crate::scenario::run(&args, scenario);
+        return scenario::run(&args, scenario);
     }
     if args.repeat == 0 {
         return Err(CliError::usage("--repeat must be at least 1"));
