@@ -28,9 +28,14 @@ Without --yes on a terminal it asks; elsewhere it refuses (exit code 2).";
 
 #[derive(Args, Debug)]
 pub struct StatsArgs {
-    /// A running demo or proxy whose /_larder/stats.json to show.
+    /// A running demo, proxy or application (larder-dashboard mounted at
+    /// /_larder) whose /_larder/stats.json to show.
     #[arg(long, conflicts_with = "cache")]
     server: Option<String>,
+    /// The bearer token the dashboard is behind (a proxy's admin token,
+    /// your application's).
+    #[arg(long, env = "LARDER_ADMIN_TOKEN", requires = "server")]
+    token: Option<String>,
     /// Probe this cache from larder.toml (`default` reads LARDER_CACHE_URL too).
     #[arg(long)]
     cache: Option<String>,
@@ -64,7 +69,7 @@ pub fn stats(args: StatsArgs, config: Option<&str>) -> Result<(), CliError> {
     runtime()?.block_on(async {
         loop {
             match (&args.server, &args.cache) {
-                (Some(server), _) => server_stats(server, args.json).await?,
+                (Some(server), _) => server_stats(server, args.token.as_deref(), args.json).await?,
                 (None, Some(name)) => probe(&config, name, args.json).await?,
                 (None, None) => return Err(CliError::usage(
                     "say what to show: --server http://HOST:PORT (a demo or proxy) or --cache NAME",
@@ -78,7 +83,7 @@ pub fn stats(args: StatsArgs, config: Option<&str>) -> Result<(), CliError> {
     })
 }
 
-async fn server_stats(server: &str, json: bool) -> Result<(), CliError> {
+async fn server_stats(server: &str, token: Option<&str>, json: bool) -> Result<(), CliError> {
     use http_body_util::{BodyExt, Empty};
     let url = format!("{}/_larder/stats.json", server.trim_end_matches('/'));
     let uri: http::Uri = url
@@ -87,7 +92,14 @@ async fn server_stats(server: &str, json: bool) -> Result<(), CliError> {
     let client: hyper_util::client::legacy::Client<_, Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http();
-    let resp = tokio::time::timeout(Duration::from_secs(5), client.get(uri))
+    let mut req = http::Request::get(uri);
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req
+        .body(Empty::new())
+        .map_err(|e| CliError::usage(format!("--token: {e}")))?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), client.request(req))
         .await
         .map_err(|_| CliError::failed(format!("{url}: no answer in 5 s")))?
         .map_err(|e| {
