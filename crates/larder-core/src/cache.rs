@@ -12,12 +12,12 @@ use metrics::Counter;
 use serde::de::DeserializeOwned;
 
 use crate::backend::{Backend, Capabilities, ClearScope, LeaseGrant};
-use crate::breaker::{Admit, Breaker, BreakerConfig, BreakerState};
-use crate::envelope::{self, Codec, EnvelopeConfig};
+use crate::breaker::{Admit, Breaker, BreakerState};
+use crate::envelope::{self, EnvelopeConfig};
 use crate::error::{Error, Result};
-use crate::key::{KeyFn, KeyPolicy};
+use crate::flight::Flights;
+use crate::key::KeyPolicy;
 use crate::ttl::{Expiry, Resolved, Ttl};
-use crate::url::CacheUrl;
 
 /// Django's default timeout: 300 seconds.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(300);
@@ -29,7 +29,7 @@ pub const DEFAULT_DEADLINE: Duration = Duration::from_millis(100);
 /// Default deadline of one call to a persistent store (file, SQL): 1 s.
 pub const DEFAULT_STORE_DEADLINE: Duration = Duration::from_secs(1);
 /// Default limit on one encoded value: 128 MiB. A guard against accidents;
-/// raise it with [`CacheBuilder::max_value_bytes`].
+/// raise it with [`CacheBuilder::max_value_bytes`](crate::CacheBuilder::max_value_bytes).
 pub const DEFAULT_MAX_VALUE_BYTES: usize = 128 << 20;
 
 /// A cache: typed values over any [`Backend`].
@@ -70,7 +70,7 @@ pub struct Cache {
 
 pub(crate) struct Inner {
     /// Computations in progress in this process, by storage key.
-    pub(crate) flights: std::sync::Mutex<HashMap<String, Arc<Flight>>>,
+    pub(crate) flights: Flights,
     /// Stale-set protection without leases: the backend's generations
     /// when it shares them between caches, else this cache's own.
     pub(crate) gens: Arc<crate::backend::WriteGenerations>,
@@ -109,68 +109,8 @@ pub(crate) struct Counters {
     failed_writes: Counter,
 }
 
-/// One computation shared by concurrent `get_or_compute` callers.
-pub(crate) struct Flight {
-    pub(crate) done: tokio::sync::watch::Sender<Option<Outcome>>,
-}
-
-#[derive(Clone)]
-pub(crate) enum Outcome {
-    /// The encoded value.
-    Value(Bytes),
-    /// The leader's loader failed: its error, shared with every waiter
-    /// whose loader has the same error type (others get the message).
-    Failed {
-        message: String,
-        error: Arc<dyn std::any::Any + Send + Sync>,
-    },
-    /// The leader was dropped before finishing: someone else must compute.
-    Abandoned,
-}
-
-/// Publishes the leader's outcome and retires the flight, also when the
-/// leader's future is dropped half way.
-pub(crate) struct FlightGuard<'a> {
-    pub(crate) cache: &'a Cache,
-    pub(crate) key: String,
-    pub(crate) flight: Arc<Flight>,
-    pub(crate) published: bool,
-}
-
-impl FlightGuard<'_> {
-    pub(crate) fn publish(&mut self, outcome: Outcome) {
-        self.retire();
-        let _ = self.flight.done.send(Some(outcome));
-        self.published = true;
-    }
-
-    fn retire(&self) {
-        let mut flights = self
-            .cache
-            .inner
-            .flights
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if flights
-            .get(&self.key)
-            .is_some_and(|f| Arc::ptr_eq(f, &self.flight))
-        {
-            flights.remove(&self.key);
-        }
-    }
-}
-
-impl Drop for FlightGuard<'_> {
-    fn drop(&mut self) {
-        if !self.published {
-            self.retire();
-            let _ = self.flight.done.send(Some(Outcome::Abandoned));
-        }
-    }
-}
-
 impl Counters {
-    fn new(name: &Arc<str>) -> Self {
+    pub(crate) fn new(name: &Arc<str>) -> Self {
         let label = name.to_string();
         let stale = |reason: &'static str| metrics::counter!("larder_cache_stale_served_total", "cache" => label.clone(), "reason" => reason);
         Counters {
@@ -204,325 +144,7 @@ impl std::fmt::Debug for Cache {
     }
 }
 
-/// Configures and builds a [`Cache`].
-#[must_use]
-pub struct CacheBuilder {
-    backend: Arc<dyn Backend>,
-    name: Option<String>,
-    prefix: String,
-    key_fn: Option<KeyFn>,
-    hash_long_keys: bool,
-    version: u64,
-    default_ttl: Ttl,
-    envelope: EnvelopeConfig,
-    max_value_bytes: usize,
-    deadline: Option<Option<Duration>>,
-    breaker: BreakerConfig,
-    fail_open: bool,
-}
-
-impl CacheBuilder {
-    /// Deadline of one backend call; a call that takes longer fails with
-    /// [`Error::Timeout`] (and counts as a failure for the circuit breaker).
-    /// Default: [`DEFAULT_DEADLINE`] (100 ms) for network caches,
-    /// [`DEFAULT_STORE_DEADLINE`] (1 s) for persistent stores, none for
-    /// in-process backends. `None` turns it off. `clear` and `close` are
-    /// never cut short.
-    ///
-    /// Pitfall: the deadline uses tokio's timer, so the runtime needs it
-    /// (`#[tokio::main]` enables it; a hand-built runtime needs
-    /// `enable_time()`).
-    pub fn deadline(mut self, deadline: Option<Duration>) -> Self {
-        self.deadline = Some(deadline);
-        self
-    }
-    /// Circuit breaker settings (default: open after 5 consecutive failures,
-    /// for 2 s). While open, backend calls fail at once with
-    /// [`Error::CircuitOpen`] instead of waiting for a dead server.
-    pub fn breaker(mut self, breaker: BreakerConfig) -> Self {
-        self.breaker = breaker;
-        self
-    }
-    /// Under a fail-open policy, reads (`get`, `get_many`, `has_key`) treat
-    /// a failing backend as a miss (logged and counted in
-    /// `larder_cache_fail_open_total`) instead of returning the error.
-    /// Writes still return errors. Default off: the raw API reports
-    /// failures. [`Cache::get_or_compute`] is always fail-open.
-    pub fn fail_open(mut self, on: bool) -> Self {
-        self.fail_open = on;
-        self
-    }
-    /// Names the cache in logs and metrics (default: the backend's name).
-    pub fn name(mut self, name: impl Into<String>) -> Self {
-        self.name = Some(name.into());
-        self
-    }
-    /// Prefix of every storage key (Django's `KEY_PREFIX`). May not contain `:`.
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-    /// Default version of keys (Django's `VERSION`, default 1).
-    pub fn version(mut self, version: u64) -> Self {
-        self.version = version;
-        self
-    }
-    /// Custom key function `(key, prefix, version) -> storage key`.
-    pub fn key_fn(mut self, f: impl Fn(&str, &str, u64) -> String + Send + Sync + 'static) -> Self {
-        self.key_fn = Some(Arc::new(f));
-        self
-    }
-    /// Hash storage keys longer than 250 bytes instead of rejecting them.
-    pub fn hash_long_keys(mut self, on: bool) -> Self {
-        self.hash_long_keys = on;
-        self
-    }
-    /// TTL used for [`Ttl::Default`] (default 300 s). `Ttl::Never` makes
-    /// entries live until evicted; a zero TTL is refused.
-    pub fn default_ttl(mut self, ttl: impl Into<Ttl>) -> Self {
-        self.default_ttl = ttl.into();
-        self
-    }
-    /// Codec for new values (default postcard).
-    pub fn codec(mut self, codec: Codec) -> Self {
-        self.envelope.codec = codec;
-        self
-    }
-    /// Compress payloads larger than this with lz4 (default 4096; `None` never).
-    pub fn compress_above(mut self, bytes: Option<usize>) -> Self {
-        self.envelope.compress_above = bytes;
-        self
-    }
-    /// Largest encoded value accepted (default 128 MiB).
-    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
-        self.max_value_bytes = bytes;
-        self
-    }
-
-    /// Applies the cache-level options taken from a URL.
-    pub fn url_options(mut self, o: UrlOptions) -> Self {
-        if let Some(p) = o.key_prefix {
-            self.prefix = p;
-        }
-        if let Some(v) = o.version {
-            self.version = v;
-        }
-        if let Some(t) = o.timeout {
-            self.default_ttl = t;
-        }
-        if let Some(c) = o.codec {
-            self.envelope.codec = c;
-        }
-        if let Some(c) = o.compress_above {
-            self.envelope.compress_above = c;
-        }
-        if let Some(h) = o.hash_long_keys {
-            self.hash_long_keys = h;
-        }
-        if let Some(m) = o.max_value_bytes {
-            self.max_value_bytes = m;
-        }
-        if let Some(n) = o.name {
-            self.name = Some(n);
-        }
-        if let Some(d) = o.deadline {
-            self.deadline = Some(d);
-        }
-        if let Some(n) = o.breaker_failures {
-            self.breaker = self.breaker.failure_threshold(n);
-        }
-        if let Some(d) = o.breaker_cool_down {
-            self.breaker = self.breaker.cool_down(d);
-        }
-        if let Some(f) = o.fail_open {
-            self.fail_open = f;
-        }
-        self
-    }
-
-    /// Validates the configuration and builds the cache.
-    pub fn build(self) -> Result<Cache> {
-        let mut keys = KeyPolicy::default()
-            .with_prefix(&self.prefix)?
-            .with_hash_long_keys(self.hash_long_keys);
-        if let Some(f) = self.key_fn {
-            keys = keys.with_key_fn(f);
-        }
-        let default_ttl = match self.default_ttl {
-            Ttl::Default => Expiry::After(DEFAULT_TTL),
-            Ttl::Never => Expiry::Never,
-            Ttl::After(d) if d.is_zero() => {
-                return Err(Error::config(
-                    "a default TTL of zero would expire every entry at once; use a positive TTL or Ttl::Never",
-                ))
-            }
-            Ttl::After(d) => Expiry::After(d),
-        };
-        let name: Arc<str> = Arc::from(self.name.as_deref().unwrap_or(self.backend.name()));
-        let counters = Counters::new(&name);
-        let caps = self.backend.capabilities();
-        let deadline = match self.deadline {
-            Some(d) => d,
-            None if caps.persistent => Some(DEFAULT_STORE_DEADLINE),
-            None if caps.shared => Some(DEFAULT_DEADLINE),
-            None => None,
-        };
-        if deadline.is_some_and(|d| d.is_zero()) {
-            return Err(Error::config(
-                "a deadline of zero would fail every call; use a positive deadline or none",
-            ));
-        }
-        let breaker = Breaker::new(self.breaker, &name);
-        Ok(Cache {
-            version: self.version,
-            head: keys.head(self.version),
-            inner: Arc::new(Inner {
-                flights: std::sync::Mutex::new(HashMap::new()),
-                gens: self.backend.write_generations().unwrap_or_default(),
-                breaker,
-                degraded: crate::FailureLog::new("cache"),
-                deadline,
-                fail_open: self.fail_open,
-                backend: self.backend,
-                keys,
-                default_ttl,
-                envelope: self.envelope,
-                max_value_bytes: self.max_value_bytes,
-                name,
-                default_version: self.version,
-                counters,
-            }),
-        })
-    }
-}
-
-/// The cache-level options of a cache URL: `key_prefix`, `version`,
-/// `timeout` (seconds, or `none` for never), `codec` (`postcard`/`json`),
-/// `compress_above` (bytes, or `none`), `hash_long_keys`,
-/// `max_value_bytes`, `name`, `deadline_ms` (ms, or `none`; also read by
-/// the backend),
-/// `breaker_failures`, `breaker_cool_down_ms`, `fail_open`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct UrlOptions {
-    /// `key_prefix`.
-    pub key_prefix: Option<String>,
-    /// `version`.
-    pub version: Option<u64>,
-    /// `timeout`: the default TTL.
-    pub timeout: Option<Ttl>,
-    /// `codec`.
-    pub codec: Option<Codec>,
-    /// `compress_above`; `Some(None)` turns compression off.
-    pub compress_above: Option<Option<usize>>,
-    /// `hash_long_keys`.
-    pub hash_long_keys: Option<bool>,
-    /// `max_value_bytes`.
-    pub max_value_bytes: Option<usize>,
-    /// `name`.
-    pub name: Option<String>,
-    /// `deadline_ms`: the deadline of one cache call; `Some(None)` = none.
-    pub deadline: Option<Option<Duration>>,
-    /// `breaker_failures`: consecutive failures that open the breaker (0: off).
-    pub breaker_failures: Option<u32>,
-    /// `breaker_cool_down_ms`.
-    pub breaker_cool_down: Option<Duration>,
-    /// `fail_open`: reads treat a failing backend as a miss.
-    pub fail_open: Option<bool>,
-}
-
-impl UrlOptions {
-    /// Takes the cache-level options out of a URL, leaving the backend's.
-    pub fn take(url: &mut CacheUrl) -> Result<UrlOptions> {
-        let mut o = UrlOptions {
-            key_prefix: url.take("key_prefix"),
-            version: url.take_parsed::<u64>("version")?,
-            ..UrlOptions::default()
-        };
-        if let Some(t) = url.take("timeout") {
-            o.timeout = Some(if t.eq_ignore_ascii_case("none") {
-                Ttl::Never
-            } else {
-                let secs: u64 = t.parse().map_err(|_| {
-                    Error::config(format!(
-                        "option timeout={t:?} is not a number of seconds or \"none\""
-                    ))
-                })?;
-                Ttl::After(Duration::from_secs(secs))
-            });
-        }
-        if let Some(c) = url.take("codec") {
-            o.codec = Some(Codec::parse(&c)?);
-        }
-        if let Some(c) = url.take("compress_above") {
-            o.compress_above = Some(if c.eq_ignore_ascii_case("none") {
-                None
-            } else {
-                Some(c.parse().map_err(|_| {
-                    Error::config(format!(
-                        "option compress_above={c:?} is not a number of bytes or \"none\""
-                    ))
-                })?)
-            });
-        }
-        o.hash_long_keys = url.take_bool("hash_long_keys")?;
-        o.max_value_bytes = url.take_parsed::<usize>("max_value_bytes")?;
-        o.name = url.take("name");
-        if url.take("op_deadline_ms").is_some() {
-            return Err(Error::config(
-                "option op_deadline_ms is now deadline_ms: one deadline for every call of the cache, \
-                 which the backend uses for its own timeouts too",
-            ));
-        }
-        // Read here and left for the backend, which bounds its own
-        // connection and response waits by it too.
-        if let Some(d) = url.read_shared("deadline_ms") {
-            o.deadline = Some(if d.eq_ignore_ascii_case("none") {
-                // The backend keeps its own limits; calls get none.
-                url.take("deadline_ms");
-                None
-            } else {
-                let ms: u64 = d.parse().map_err(|_| {
-                    Error::config(format!(
-                        "option deadline_ms={d:?} is not a number of milliseconds or \"none\""
-                    ))
-                })?;
-                Some(Duration::from_millis(ms))
-            });
-        }
-        o.breaker_failures = url.take_parsed::<u32>("breaker_failures")?;
-        o.breaker_cool_down = url
-            .take_parsed::<u64>("breaker_cool_down_ms")?
-            .map(Duration::from_millis);
-        o.fail_open = url.take_bool("fail_open")?;
-        Ok(o)
-    }
-}
-
 impl Cache {
-    /// Starts configuring a cache over `backend`.
-    pub fn builder(backend: impl Backend) -> CacheBuilder {
-        Self::builder_arc(Arc::new(backend))
-    }
-
-    /// Starts configuring a cache over a shared backend.
-    pub fn builder_arc(backend: Arc<dyn Backend>) -> CacheBuilder {
-        CacheBuilder {
-            backend,
-            name: None,
-            prefix: String::new(),
-            key_fn: None,
-            hash_long_keys: false,
-            version: 1,
-            default_ttl: Ttl::Default,
-            envelope: EnvelopeConfig::default(),
-            max_value_bytes: DEFAULT_MAX_VALUE_BYTES,
-            deadline: None,
-            breaker: BreakerConfig::default(),
-            fail_open: false,
-        }
-    }
-
     /// A cache over `backend` with every default.
     pub fn new(backend: impl Backend) -> Cache {
         Self::builder(backend)
@@ -1250,4 +872,4 @@ impl Cache {
     }
 }
 
-pub(crate) use crate::time::unix_ms;
+use crate::time::unix_ms;

@@ -26,9 +26,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::backend::{LeaseGrant, LeaseToken};
-use crate::cache::{unix_ms, Cache, Flight, FlightGuard, Outcome};
+use crate::cache::Cache;
 use crate::envelope::{self, Meta};
 use crate::error::Error;
+use crate::flight::{Flight, FlightGuard, Outcome};
+use crate::time::unix_ms;
 use crate::ttl::{Expiry, Resolved, Ttl};
 
 /// Default lease time: how long one computation may hold a key before
@@ -522,7 +524,7 @@ impl Cache {
         let opts = *opts;
         tokio::spawn(async move {
             let mut guard = FlightGuard {
-                cache: &cache,
+                flights: &cache.inner.flights,
                 key: skey.clone(),
                 flight,
                 published: false,
@@ -605,7 +607,7 @@ impl Cache {
                 }
                 Ok(flight) => {
                     let mut guard = FlightGuard {
-                        cache: self,
+                        flights: &self.inner.flights,
                         key: skey.clone(),
                         flight,
                         published: false,

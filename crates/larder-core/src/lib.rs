@@ -24,12 +24,14 @@
 pub mod backend;
 mod blocking;
 mod breaker;
+mod builder;
 mod cache;
 mod compute;
 mod dummy;
 pub mod envelope;
 mod error;
 mod failure_log;
+mod flight;
 mod fragment;
 mod key;
 mod memo;
@@ -46,10 +48,10 @@ pub use backend::{
 };
 pub use blocking::BlockingIo;
 pub use breaker::{BreakerConfig, BreakerState};
+pub use builder::CacheBuilder;
 pub use bytes::Bytes;
 pub use cache::{
-    Cache, CacheBuilder, UrlOptions, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES,
-    DEFAULT_STORE_DEADLINE, DEFAULT_TTL,
+    Cache, DEFAULT_DEADLINE, DEFAULT_MAX_VALUE_BYTES, DEFAULT_STORE_DEADLINE, DEFAULT_TTL,
 };
 pub use compute::{ComputeError, ComputeOptions, DEFAULT_LEASE_TTL};
 pub use dummy::DummyBackend;
@@ -63,4 +65,5 @@ pub use near::{BusEvent, BusMessage, Invalidation, InvalidationBus, NearBackend}
 pub use time::{unix_ms, unix_ms_i64};
 pub use ttl::{Expiry, Resolved, Ttl};
 pub use url::CacheUrl;
+pub use url::UrlOptions;
 pub use value::CacheValue;

@@ -7,7 +7,11 @@
 
 use std::str::FromStr;
 
+use std::time::Duration;
+
+use crate::envelope::Codec;
 use crate::error::{Error, Result};
+use crate::ttl::Ttl;
 
 /// A parsed cache URL whose options are taken one by one.
 #[derive(Debug, Clone)]
@@ -172,6 +176,109 @@ impl CacheUrl {
             names.join(", "),
             self.original
         )))
+    }
+}
+
+/// The cache-level options of a cache URL: `key_prefix`, `version`,
+/// `timeout` (seconds, or `none` for never), `codec` (`postcard`/`json`),
+/// `compress_above` (bytes, or `none`), `hash_long_keys`,
+/// `max_value_bytes`, `name`, `deadline_ms` (ms, or `none`; also read by
+/// the backend),
+/// `breaker_failures`, `breaker_cool_down_ms`, `fail_open`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UrlOptions {
+    /// `key_prefix`.
+    pub key_prefix: Option<String>,
+    /// `version`.
+    pub version: Option<u64>,
+    /// `timeout`: the default TTL.
+    pub timeout: Option<Ttl>,
+    /// `codec`.
+    pub codec: Option<Codec>,
+    /// `compress_above`; `Some(None)` turns compression off.
+    pub compress_above: Option<Option<usize>>,
+    /// `hash_long_keys`.
+    pub hash_long_keys: Option<bool>,
+    /// `max_value_bytes`.
+    pub max_value_bytes: Option<usize>,
+    /// `name`.
+    pub name: Option<String>,
+    /// `deadline_ms`: the deadline of one cache call; `Some(None)` = none.
+    pub deadline: Option<Option<Duration>>,
+    /// `breaker_failures`: consecutive failures that open the breaker (0: off).
+    pub breaker_failures: Option<u32>,
+    /// `breaker_cool_down_ms`.
+    pub breaker_cool_down: Option<Duration>,
+    /// `fail_open`: reads treat a failing backend as a miss.
+    pub fail_open: Option<bool>,
+}
+
+impl UrlOptions {
+    /// Takes the cache-level options out of a URL, leaving the backend's.
+    pub fn take(url: &mut CacheUrl) -> Result<UrlOptions> {
+        let mut o = UrlOptions {
+            key_prefix: url.take("key_prefix"),
+            version: url.take_parsed::<u64>("version")?,
+            ..UrlOptions::default()
+        };
+        if let Some(t) = url.take("timeout") {
+            o.timeout = Some(if t.eq_ignore_ascii_case("none") {
+                Ttl::Never
+            } else {
+                let secs: u64 = t.parse().map_err(|_| {
+                    Error::config(format!(
+                        "option timeout={t:?} is not a number of seconds or \"none\""
+                    ))
+                })?;
+                Ttl::After(Duration::from_secs(secs))
+            });
+        }
+        if let Some(c) = url.take("codec") {
+            o.codec = Some(Codec::parse(&c)?);
+        }
+        if let Some(c) = url.take("compress_above") {
+            o.compress_above = Some(if c.eq_ignore_ascii_case("none") {
+                None
+            } else {
+                Some(c.parse().map_err(|_| {
+                    Error::config(format!(
+                        "option compress_above={c:?} is not a number of bytes or \"none\""
+                    ))
+                })?)
+            });
+        }
+        o.hash_long_keys = url.take_bool("hash_long_keys")?;
+        o.max_value_bytes = url.take_parsed::<usize>("max_value_bytes")?;
+        o.name = url.take("name");
+        if url.take("op_deadline_ms").is_some() {
+            return Err(Error::config(
+                "option op_deadline_ms is now deadline_ms: one deadline for every call of the cache, \
+                 which the backend uses for its own timeouts too",
+            ));
+        }
+        // Read here and left for the backend, which bounds its own
+        // connection and response waits by it too.
+        if let Some(d) = url.read_shared("deadline_ms") {
+            o.deadline = Some(if d.eq_ignore_ascii_case("none") {
+                // The backend keeps its own limits; calls get none.
+                url.take("deadline_ms");
+                None
+            } else {
+                let ms: u64 = d.parse().map_err(|_| {
+                    Error::config(format!(
+                        "option deadline_ms={d:?} is not a number of milliseconds or \"none\""
+                    ))
+                })?;
+                Some(Duration::from_millis(ms))
+            });
+        }
+        o.breaker_failures = url.take_parsed::<u32>("breaker_failures")?;
+        o.breaker_cool_down = url
+            .take_parsed::<u64>("breaker_cool_down_ms")?
+            .map(Duration::from_millis);
+        o.fail_open = url.take_bool("fail_open")?;
+        Ok(o)
     }
 }
 
