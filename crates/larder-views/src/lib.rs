@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod ops;
 mod outbox;
 mod redis_store;
 #[cfg(feature = "logical")]
@@ -77,6 +78,7 @@ mod worker;
 pub use error::{BoxError, Error, Result, MAX_KEY_LEN};
 #[cfg(feature = "logical")]
 pub use larder_changes::logical::{self, LogicalConfig};
+pub use ops::{outbox_status, Drift, DriftKind, RebuildReport, Status, VerifyReport};
 pub use outbox::{enqueue_sql, record_keys};
 pub use redis_store::RedisStore;
 pub use schema::{install_sql, CHANNEL, DEAD_TABLE, OUTBOX_TABLE, TICKET};
@@ -84,8 +86,5 @@ pub use source::{Dialect, Source};
 pub use sql_store::{SqlStore, DOCS_TABLE};
 pub use store::{DocStore, Put, RedbStore, Versioned};
 pub use view::{Dependency, DependencySpec, KeyType, RowChange, SqlView, View, ViewDef};
-pub use views::{
-    outbox_status, Drift, DriftKind, Progress, RebuildReport, Status, VerifyReport, Views,
-    ViewsBuilder,
-};
+pub use views::{Progress, Views, ViewsBuilder};
 pub use worker::{BatchReport, Worker, WorkerConfig};
