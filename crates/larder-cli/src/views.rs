@@ -7,9 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Subcommand};
-use larder_views::{
-    DocStore, RedbStore, RedisStore, Source, SqlStore, SqlView, Views, WorkerConfig,
-};
+use larder_views::{DocStore, Source, SqlView, Views, WorkerConfig};
 
 use crate::CliError;
 
@@ -208,47 +206,18 @@ pub(crate) async fn open_store(spec: &str, source: &Source) -> Result<Arc<dyn Do
 
 /// [`open_store`], waiting up to `wait` for a redb file another process
 /// holds (a `larder views status` run, or a worker still shutting down).
+/// The library opens it; an unknown spec is a usage error here.
 pub(crate) async fn open_store_waiting(
     spec: &str,
     source: &Source,
     wait: Duration,
 ) -> Result<Arc<dyn DocStore>, CliError> {
-    if let Some(path) = spec.strip_prefix("redb:") {
-        let deadline = std::time::Instant::now() + wait;
-        let mut delay = Duration::from_millis(20);
-        loop {
-            match RedbStore::open(path) {
-                Ok(s) => return Ok(Arc::new(s)),
-                Err(e) if std::time::Instant::now() >= deadline => {
-                    return Err(failed(format!(
-                        "{e} (redb allows one process at a time: is another `larder views` running on {path}?)"
-                    )))
-                }
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(500));
-                }
-            }
-        }
-    }
-    if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-        return Ok(Arc::new(
-            RedisStore::connect(spec, "larder:views")
-                .await
-                .map_err(failed)?,
-        ));
-    }
-    if spec == "sql" {
-        return Ok(Arc::new(
-            SqlStore::on(source.clone()).await.map_err(failed)?,
-        ));
-    }
-    if let Some(url) = spec.strip_prefix("sql:") {
-        return Ok(Arc::new(SqlStore::connect(url).await.map_err(failed)?));
-    }
-    Err(CliError::usage(format!(
-        "--store {spec:?}: use redb:PATH, redis://HOST:PORT/DB, sql or sql:URL"
-    )))
+    larder_views::open_store(spec, source, wait)
+        .await
+        .map_err(|e| match e {
+            larder_views::Error::Config(m) => CliError::usage(format!("--store: {m}")),
+            other => failed(other),
+        })
 }
 
 async fn open(common: &Common, connections: u32) -> Result<Views, CliError> {

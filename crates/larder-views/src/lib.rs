@@ -62,6 +62,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod open;
 mod ops;
 mod outbox;
 mod redis_store;
@@ -78,6 +79,7 @@ mod worker;
 pub use error::{BoxError, Error, Result, MAX_KEY_LEN};
 #[cfg(feature = "logical")]
 pub use larder_changes::logical::{self, LogicalConfig};
+pub use open::{open_store, REDIS_STORE_PREFIX};
 pub use ops::{outbox_status, Drift, DriftKind, RebuildReport, Status, VerifyReport};
 pub use outbox::{enqueue_sql, record_keys};
 pub use redis_store::RedisStore;

@@ -193,3 +193,50 @@ async fn a_dead_store_is_a_clear_error() {
         .unwrap_err();
     assert!(e.to_string().contains("source database"), "{e}");
 }
+
+/// A store opened from its spec by the library (not only the CLI): each
+/// form opens the store it names, an unknown one is a configuration error
+/// that lists the forms, and a redb file held by another handle fails
+/// after the wait instead of blocking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_store_from_a_spec() {
+    use std::time::{Duration, Instant};
+    let db = fresh_db(Db::Sqlite).await;
+    let source = Source::connect(&db.url, 2).await.unwrap();
+    let sql = larder_views::open_store("sql", &source, Duration::ZERO)
+        .await
+        .unwrap();
+    store_contract(sql, "spec_sql").await;
+    let redis = larder_views::open_store(REDIS, &source, Duration::ZERO)
+        .await
+        .expect("Redis on 6379");
+    store_contract(redis, &format!("spec_{}", std::process::id())).await;
+    let path = db.dir.path().join("spec.redb");
+    let spec = format!("redb:{}", path.display());
+    let held = larder_views::open_store(&spec, &source, Duration::ZERO)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let e = larder_views::open_store(&spec, &source, Duration::from_millis(200))
+        .await
+        .err()
+        .expect("a held redb file is refused");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert!(e.to_string().contains("one process at a time"), "{e}");
+    drop(held);
+    store_contract(
+        larder_views::open_store(&spec, &source, Duration::ZERO)
+            .await
+            .unwrap(),
+        "spec_redb",
+    )
+    .await;
+    let e = larder_views::open_store("bogus", &source, Duration::ZERO)
+        .await
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, larder_views::Error::Config(ref m) if m.contains("redb:PATH")),
+        "{e}"
+    );
+}
