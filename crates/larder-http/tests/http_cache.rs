@@ -398,20 +398,28 @@ async fn streamed_and_oversized_bodies_pass_through_uncached() {
     }
 }
 
-#[tokio::test]
-async fn cache_page_stores_a_route_without_freshness_and_says_so() {
-    let http = HttpCache::builder(store()).build();
+/// `/news` answers "news N" (N counting the handler's runs), with no
+/// freshness of its own; `/own` sets its own `Cache-Control`.
+fn news_routes() -> Router {
     let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
-    let app = Router::new()
+    Router::new()
         .route(
             "/news",
             get(move || {
-                let c = c.clone();
+                let c = calls.clone();
                 async move { format!("news {}", c.fetch_add(1, Ordering::SeqCst) + 1) }
             }),
         )
-        .route_layer(cache_page(&http, Duration::from_secs(30)));
+        .route(
+            "/own",
+            get(|| async { ([("cache-control", "public, max-age=5")], "own") }),
+        )
+}
+
+#[tokio::test]
+async fn cache_page_stores_a_route_without_freshness_and_says_so() {
+    let http = HttpCache::builder(store()).build();
+    let app = news_routes().route_layer(cache_page(&http, Duration::from_secs(30)));
     let (_, h, _) = send(&app, get_req("/news")).await;
     assert_eq!(h["cache-control"], "max-age=30");
     let (_, h, b) = send(&app, get_req("/news")).await;
@@ -425,20 +433,7 @@ async fn cache_page_stores_a_route_without_freshness_and_says_so() {
 #[tokio::test]
 async fn cache_page_browser_ttl_sends_s_maxage_and_a_short_max_age() {
     let http = HttpCache::builder(store()).build();
-    let calls = Arc::new(AtomicU32::new(0));
-    let c = calls.clone();
-    let app = Router::new()
-        .route(
-            "/news",
-            get(move || {
-                let c = c.clone();
-                async move { format!("news {}", c.fetch_add(1, Ordering::SeqCst) + 1) }
-            }),
-        )
-        .route(
-            "/own",
-            get(|| async { ([("cache-control", "public, max-age=5")], "own") }),
-        )
+    let app = news_routes()
         .route_layer(cache_page(&http, Duration::from_secs(600)).browser_ttl(Duration::ZERO));
     let (_, h, _) = send(&app, get_req("/news")).await;
     assert_eq!(h["cache-control"], "s-maxage=600, max-age=0");
