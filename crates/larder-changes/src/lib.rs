@@ -15,7 +15,7 @@
 //!   larder-query's change log);
 //! - [`changelog`]: following an append-only change log at a position
 //!   that never skips a transaction that commits late;
-//! - [`listen_postgres`]: the one reconnecting `LISTEN` loop, which says
+//! - [`listen_postgres`] (feature `postgres`): the one reconnecting `LISTEN` loop, which says
 //!   when it (re)connected, because PostgreSQL does not queue
 //!   notifications for a listener that is away: a consumer resyncs then;
 //! - [`logical`] (feature `logical`): PostgreSQL logical replication
@@ -32,14 +32,15 @@
 //! ```
 #![warn(missing_docs)]
 
-use std::future::Future;
-use std::ops::ControlFlow;
-use std::time::Duration;
-
 pub mod changelog;
+#[cfg(feature = "postgres")]
+mod listen;
 #[cfg(feature = "logical")]
 pub mod logical;
 pub mod triggers;
+
+#[cfg(feature = "postgres")]
+pub use listen::{listen_postgres, ListenEvent};
 
 /// Errors of this crate: configuration mistakes, caught before any SQL
 /// runs.
@@ -60,6 +61,14 @@ pub enum Error {
         what: String,
         /// The name refused.
         name: String,
+    },
+    /// A database this build of a crate has no driver for.
+    #[error("{krate} was built without {dialect:?} support: enable the `{feature}` feature of larder (or of {krate})", feature = dialect.feature())]
+    NotBuilt {
+        /// The crate that lacks the driver.
+        krate: &'static str,
+        /// The database asked for.
+        dialect: Dialect,
     },
     /// A capture trigger of this dialect needs its columns by name.
     #[error("{dialect:?} capture triggers need the columns by name")]
@@ -103,6 +112,30 @@ impl Dialect {
         Dialect::from_scheme(scheme).ok_or_else(|| Error::UnsupportedUrl {
             scheme: scheme.to_owned(),
         })
+    }
+
+    /// The cargo feature that brings this dialect's driver into larder's
+    /// crates (and the facade): `postgres`, `mysql` or `sqlite`.
+    pub fn feature(self) -> &'static str {
+        match self {
+            Dialect::Postgres => "postgres",
+            Dialect::MySql => "mysql",
+            Dialect::Sqlite => "sqlite",
+        }
+    }
+
+    /// `Ok(self)` if `built` (the calling crate's own feature for this
+    /// dialect is on, e.g. `cfg!(feature = "mysql")`), else
+    /// [`Error::NotBuilt`] naming the feature to enable.
+    pub fn require_built(self, krate: &'static str, built: bool) -> Result<Dialect, Error> {
+        if built {
+            Ok(self)
+        } else {
+            Err(Error::NotBuilt {
+                krate,
+                dialect: self,
+            })
+        }
     }
 
     /// The `n`th (1-based) bind placeholder: `$n` on PostgreSQL, `?`
@@ -188,71 +221,24 @@ pub fn check_identifier(what: &str, name: &str) -> Result<(), Error> {
     }
 }
 
-/// What [`listen_postgres`] hands its consumer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum ListenEvent {
-    /// The listener (re)connected and listens now. Notifications sent
-    /// while it was away are lost: resync from the source of truth.
-    Connected,
-    /// A notification's payload.
-    Notification(String),
-}
-
-/// How long one connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// The first and the longest wait between connection attempts.
-const BACKOFF: (Duration, Duration) = (Duration::from_millis(50), Duration::from_secs(2));
-
-/// LISTENs on `channel` of the PostgreSQL database at `url` until
-/// `on_event` returns [`ControlFlow::Break`], reconnecting with backoff
-/// (50 ms doubling to 2 s; each attempt bounded to 2 s) whenever the
-/// connection is lost or cannot be made. `what` names the consumer in
-/// logs.
-///
-/// Run it in a task of its own; it returns only when the consumer says
-/// stop (or never, if it does not).
-pub async fn listen_postgres<F, Fut>(url: &str, channel: &str, what: &str, mut on_event: F)
-where
-    F: FnMut(ListenEvent) -> Fut,
-    Fut: Future<Output = ControlFlow<()>>,
-{
-    let mut backoff = BACKOFF.0;
-    loop {
-        let connected = tokio::time::timeout(CONNECT_TIMEOUT, async {
-            let mut l = sqlx::postgres::PgListener::connect(url).await?;
-            l.listen(channel).await?;
-            Ok::<_, sqlx::Error>(l)
-        })
-        .await;
-        match connected {
-            Ok(Ok(mut listener)) => {
-                backoff = BACKOFF.0;
-                if on_event(ListenEvent::Connected).await.is_break() {
-                    return;
-                }
-                // try_recv reports a lost connection as Ok(None) (and
-                // reconnects itself on the next call): start over instead,
-                // so the consumer hears about the reconnection.
-                while let Ok(Some(n)) = listener.try_recv().await {
-                    let event = ListenEvent::Notification(n.payload().to_owned());
-                    if on_event(event).await.is_break() {
-                        return;
-                    }
-                }
-                tracing::warn!(channel, "{what}: LISTEN connection lost; reconnecting");
-            }
-            Ok(Err(e)) => tracing::debug!(error = %e, channel, "{what}: cannot LISTEN yet"),
-            Err(_) => tracing::debug!(channel, "{what}: LISTEN connection attempt timed out"),
-        }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(BACKOFF.1);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dialect_left_out_of_a_build_names_the_feature_to_enable() {
+        assert_eq!(
+            Dialect::MySql.require_built("larder-x", true),
+            Ok(Dialect::MySql)
+        );
+        let e = Dialect::MySql.require_built("larder-x", false).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "larder-x was built without MySql support: enable the `mysql` feature of larder (or of larder-x)"
+        );
+        assert_eq!(Dialect::Sqlite.feature(), "sqlite");
+        assert_eq!(Dialect::Postgres.feature(), "postgres");
+    }
 
     #[test]
     fn identifiers() {

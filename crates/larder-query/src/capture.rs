@@ -25,7 +25,9 @@ use sqlparser::parser::Parser;
 
 use crate::analyze::{normalize, SqlDialect};
 use crate::param::Param;
-use crate::rows::{canon_f64, canon_text, Canon};
+#[cfg(any(feature = "mysql", feature = "sqlite"))]
+use crate::rows::canon_text;
+use crate::rows::{canon_f64, Canon};
 
 /// How a write statement reports the rows it touched.
 #[derive(Debug, Clone)]
@@ -296,6 +298,7 @@ where
         .collect()
 }
 
+#[cfg(feature = "postgres")]
 impl CaptureRow for sqlx::postgres::PgRow {
     fn captured(&self, _: SqlDialect) -> Vec<(String, Canon)> {
         use sqlx::Row;
@@ -321,6 +324,7 @@ impl CaptureRow for sqlx::postgres::PgRow {
     }
 }
 
+#[cfg(feature = "mysql")]
 impl CaptureRow for sqlx::mysql::MySqlRow {
     fn captured(&self, dialect: SqlDialect) -> Vec<(String, Canon)> {
         use sqlx::Row;
@@ -352,6 +356,7 @@ impl CaptureRow for sqlx::mysql::MySqlRow {
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl CaptureRow for sqlx::sqlite::SqliteRow {
     fn captured(&self, dialect: SqlDialect) -> Vec<(String, Canon)> {
         use sqlx::Row;

@@ -35,7 +35,9 @@ pub use error::QueryError;
 pub use generations::Generations;
 #[cfg(feature = "logical")]
 pub use larder_changes::logical::LogicalConfig;
-pub use outside::{install, install_plan, install_sql, listen_postgres, CHANGE_LOG, CHANNEL};
+#[cfg(feature = "postgres")]
+pub use outside::listen_postgres;
+pub use outside::{install, install_plan, install_sql, CHANGE_LOG, CHANNEL};
 pub use param::{Bind, BindParam};
 pub use query_cache::{
     CacheableDb, CachedTransaction, OutsideWrites, Param, QueryCache, QueryStats, RowsAffected,

@@ -143,6 +143,7 @@ pub(crate) fn keys_of(dialect: SqlDialect, rows: &[LogRow]) -> BTreeSet<String> 
 /// so the reader reads the log then). The reader coalesces: many
 /// notifications while it reads make one more read. Runs until the task
 /// is dropped.
+#[cfg(feature = "postgres")]
 pub async fn listen_postgres(url: String, wake: std::sync::Arc<tokio::sync::Notify>) {
     larder_changes::listen_postgres(&url, CHANNEL, "query cache", |_event| {
         wake.notify_one();

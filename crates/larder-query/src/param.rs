@@ -155,7 +155,12 @@ macro_rules! bind_param_for {
         }
     )*};
 }
-bind_param_for!(sqlx::Postgres, sqlx::MySql, sqlx::Sqlite);
+#[cfg(feature = "postgres")]
+bind_param_for!(sqlx::Postgres);
+#[cfg(feature = "mysql")]
+bind_param_for!(sqlx::MySql);
+#[cfg(feature = "sqlite")]
+bind_param_for!(sqlx::Sqlite);
 
 #[cfg(test)]
 mod tests {

@@ -717,18 +717,21 @@ pub trait RowsAffected {
     fn rows_affected_of(r: &Self) -> u64;
 }
 
+#[cfg(feature = "postgres")]
 impl RowsAffected for sqlx::postgres::PgQueryResult {
     fn rows_affected_of(r: &Self) -> u64 {
         r.rows_affected()
     }
 }
 
+#[cfg(feature = "mysql")]
 impl RowsAffected for sqlx::mysql::MySqlQueryResult {
     fn rows_affected_of(r: &Self) -> u64 {
         r.rows_affected()
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
     fn rows_affected_of(r: &Self) -> u64 {
         r.rows_affected()
@@ -1063,12 +1066,7 @@ where
                 Ok(_) => {}
                 // ER_LOCK_WAIT_TIMEOUT (MariaDB's NOWAIT), ER_LOCK_NOWAIT
                 // (MySQL 8): an open transaction holds the row.
-                Err(sqlx::Error::Database(e))
-                    if e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>()
-                        .is_some_and(|m| matches!(m.number(), 1205 | 3572)) =>
-                {
-                    locked.push(id)
-                }
+                Err(sqlx::Error::Database(e)) if is_lock_wait(&*e) => locked.push(id),
                 Err(e) => return Err(sql_error(e)),
             }
         }
@@ -1116,6 +1114,17 @@ impl QueryCache<sqlx::Postgres> {
     }
 }
 
+/// ER_LOCK_WAIT_TIMEOUT (MariaDB's NOWAIT) or ER_LOCK_NOWAIT (MySQL 8):
+/// an open transaction holds the probed row.
+fn is_lock_wait(e: &dyn sqlx::error::DatabaseError) -> bool {
+    #[cfg(feature = "mysql")]
+    if let Some(m) = e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(m.number(), 1205 | 3572);
+    }
+    let _ = e;
+    false
+}
+
 /// Where [`QueryCache::sync_outside_writes`] is in the change log.
 #[derive(Debug, Default)]
 pub struct OutsideWrites {
@@ -1128,6 +1137,7 @@ pub struct OutsideWrites {
 
 use std::time::Duration;
 
+#[cfg(feature = "postgres")]
 impl QueryCache<sqlx::Postgres> {
     /// Reacts to outside writes at once: LISTENs for the triggers'
     /// notifications on the database at `url` and reads the change log

@@ -9,7 +9,9 @@
 //! | `postgres://user@host:5432/db` | PostgreSQL, on sqlx | [`SqlBackend`] |
 //! | `mysql://user:pass@host:3306/db` | MySQL / MariaDB, on sqlx | [`SqlBackend`] |
 //!
-//! [`open`] picks the right one for a URL.
+//! [`open`] picks the right one for a URL. Each database is a feature
+//! (`postgres`, `mysql`, `sqlite`; all on by default): leave out the
+//! drivers you do not use.
 //!
 //! Options: `table` (default `larder_cache`), `create_table` (default true:
 //! the table is created if missing, idempotently), `cull_every` (default
@@ -34,9 +36,13 @@
 //!   byte; the default collations there would make `"a"` and `"A"` one key.
 #![warn(missing_docs)]
 
+#[cfg(feature = "postgres")]
 mod pg_bus;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "postgres")]
 pub use pg_bus::PgBus;
+#[cfg(feature = "sqlite")]
 pub use sqlite::{SqliteBackend, SqliteConfig};
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -203,6 +209,17 @@ impl std::fmt::Debug for SqlBackend {
     }
 }
 
+/// A database this build has no driver for.
+fn not_built(dialect: Dialect) -> Error {
+    Error::config(
+        larder_changes::Error::NotBuilt {
+            krate: "larder-sql",
+            dialect,
+        }
+        .to_string(),
+    )
+}
+
 fn db_err(e: sqlx::Error) -> Error {
     Error::backend(NAME, e)
 }
@@ -211,7 +228,10 @@ fn db_err(e: sqlx::Error) -> Error {
 /// [`SqlBackend`] for `postgres://` and `mysql://`.
 pub async fn open(url: &mut CacheUrl) -> Result<Arc<dyn Backend>> {
     match url.scheme() {
+        #[cfg(feature = "sqlite")]
         "sqlite" => Ok(Arc::new(SqliteBackend::from_url(url)?)),
+        #[cfg(not(feature = "sqlite"))]
+        "sqlite" => Err(not_built(Dialect::Sqlite)),
         _ => Ok(Arc::new(SqlBackend::from_url(url).await?)),
     }
 }
@@ -278,6 +298,14 @@ impl SqlBackend {
                 "{scheme:?} is not a SQL cache URL scheme; use sqlite://, postgres:// or mysql://"
             ))
         })?;
+        let built = match dialect {
+            Dialect::Postgres => cfg!(feature = "postgres"),
+            Dialect::MySql => cfg!(feature = "mysql"),
+            Dialect::Sqlite => true, // refused below, with the reason
+        };
+        if !built {
+            return Err(not_built(dialect));
+        }
         if dialect == Dialect::Sqlite {
             return Err(Error::config(
                 "SqlBackend serves PostgreSQL and MySQL/MariaDB; SQLite is served in process by SqliteBackend (larder_sql::open picks it for sqlite:// URLs)",

@@ -16,8 +16,8 @@
 //!   on PostgreSQL and MySQL, LISTEN/NOTIFY wake-ups on PostgreSQL),
 //!   coalesce keys, recompute, write versioned documents, acknowledge;
 //!   failures retry with backoff and end in a dead-letter table.
-//! - Stores: [`RedbStore`] (embedded default), [`RedisStore`],
-//!   [`SqlStore`]. Nothing expires; a document is only replaced by one
+//! - Stores: [`RedbStore`] (embedded default, feature `redb`),
+//!   [`RedisStore`] (feature `redis`), [`SqlStore`] (always). Nothing expires; a document is only replaced by one
 //!   computed at a newer version, so retries, reordering and crashed
 //!   workers never move a view backwards.
 //! - Operations: [`Views::status`], [`Views::rebuild`] (online),
@@ -65,12 +65,10 @@ mod error;
 mod open;
 mod ops;
 mod outbox;
-mod redis_store;
 #[cfg(feature = "logical")]
 mod replication;
 mod schema;
 mod source;
-mod sql_store;
 mod store;
 mod view;
 mod views;
@@ -82,11 +80,13 @@ pub use larder_changes::logical::{self, LogicalConfig};
 pub use open::{open_store, REDIS_STORE_PREFIX};
 pub use ops::{outbox_status, Drift, DriftKind, RebuildReport, Status, VerifyReport};
 pub use outbox::{enqueue_sql, record_keys};
-pub use redis_store::RedisStore;
 pub use schema::{install_sql, CHANNEL, DEAD_TABLE, OUTBOX_TABLE, TICKET};
 pub use source::{Dialect, Source};
-pub use sql_store::{SqlStore, DOCS_TABLE};
-pub use store::{DocStore, Put, RedbStore, Versioned};
+#[cfg(feature = "redb")]
+pub use store::RedbStore;
+#[cfg(feature = "redis")]
+pub use store::RedisStore;
+pub use store::{DocStore, Put, SqlStore, Versioned, DOCS_TABLE};
 pub use view::{Dependency, DependencySpec, KeyType, RowChange, SqlView, View, ViewDef};
 pub use views::{Progress, Views, ViewsBuilder};
 pub use worker::{BatchReport, Worker, WorkerConfig};

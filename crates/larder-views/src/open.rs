@@ -2,13 +2,13 @@
 //! the CLI alike.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "redb")]
+use std::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::redis_store::RedisStore;
 use crate::source::Source;
-use crate::sql_store::SqlStore;
-use crate::store::{DocStore, RedbStore};
+use crate::store::{DocStore, SqlStore};
 
 /// The key prefix of documents in a Redis store opened by [`open_store`].
 pub const REDIS_STORE_PREFIX: &str = "larder:views";
@@ -22,7 +22,9 @@ pub const REDIS_STORE_PREFIX: &str = "larder:views";
 /// - `sql`: a table in the `source` database itself;
 /// - `sql:URL`: a table in another database.
 ///
-/// An unknown spec is [`Error::Config`] naming the accepted forms.
+/// An unknown spec is [`Error::Config`] naming the accepted forms; a store
+/// this build left out (feature `redb` or `redis` off) is
+/// [`Error::Config`] naming the feature.
 ///
 /// ```no_run
 /// # async fn demo(source: larder_views::Source) -> larder_views::Result<()> {
@@ -32,31 +34,10 @@ pub const REDIS_STORE_PREFIX: &str = "larder:views";
 /// ```
 pub async fn open_store(spec: &str, source: &Source, wait: Duration) -> Result<Arc<dyn DocStore>> {
     if let Some(path) = spec.strip_prefix("redb:") {
-        let deadline = Instant::now() + wait;
-        let mut delay = Duration::from_millis(20);
-        loop {
-            match RedbStore::open(path) {
-                Ok(s) => return Ok(Arc::new(s)),
-                Err(e) if Instant::now() >= deadline => {
-                    return Err(Error::Store {
-                        store: "redb",
-                        source: format!(
-                        "{e} (redb allows one process at a time: is another process using {path}?)"
-                    )
-                        .into(),
-                    })
-                }
-                Err(_) => {
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_millis(500));
-                }
-            }
-        }
+        return open_redb(path, wait).await;
     }
     if spec.starts_with("redis://") || spec.starts_with("rediss://") {
-        return Ok(Arc::new(
-            RedisStore::connect(spec, REDIS_STORE_PREFIX).await?,
-        ));
+        return open_redis(spec).await;
     }
     if spec == "sql" {
         return Ok(Arc::new(SqlStore::on(source.clone()).await?));
@@ -67,4 +48,54 @@ pub async fn open_store(spec: &str, source: &Source, wait: Duration) -> Result<A
     Err(Error::Config(format!(
         "document store {spec:?}: use redb:PATH, redis://HOST:PORT/DB, sql or sql:URL"
     )))
+}
+
+#[cfg(feature = "redb")]
+async fn open_redb(path: &str, wait: Duration) -> Result<Arc<dyn DocStore>> {
+    use crate::store::RedbStore;
+    let deadline = Instant::now() + wait;
+    let mut delay = Duration::from_millis(20);
+    loop {
+        match RedbStore::open(path) {
+            Ok(s) => return Ok(Arc::new(s)),
+            Err(e) if Instant::now() >= deadline => {
+                return Err(Error::Store {
+                    store: "redb",
+                    source: format!(
+                        "{e} (redb allows one process at a time: is another process using {path}?)"
+                    )
+                    .into(),
+                })
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+#[cfg(feature = "redis")]
+async fn open_redis(spec: &str) -> Result<Arc<dyn DocStore>> {
+    Ok(Arc::new(
+        crate::store::RedisStore::connect(spec, REDIS_STORE_PREFIX).await?,
+    ))
+}
+
+#[cfg(not(feature = "redb"))]
+async fn open_redb(_: &str, _: Duration) -> Result<Arc<dyn DocStore>> {
+    Err(missing("redb:PATH", "redb"))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn open_redis(_: &str) -> Result<Arc<dyn DocStore>> {
+    Err(missing("redis://", "redis"))
+}
+
+/// A store this build left out.
+#[allow(dead_code)] // unused when every store is compiled in
+fn missing(form: &str, feature: &str) -> Error {
+    Error::Config(format!(
+        "document store {form}: this build has no {feature} store; enable the `{feature}` feature of larder (or of larder-views)"
+    ))
 }

@@ -34,6 +34,12 @@ impl Source {
     pub async fn connect(url: &str, max_connections: u32) -> Result<Source> {
         sqlx::any::install_default_drivers();
         let dialect = Dialect::from_url(url)?;
+        let built = match dialect {
+            Dialect::Postgres => cfg!(feature = "postgres"),
+            Dialect::MySql => cfg!(feature = "mysql"),
+            Dialect::Sqlite => cfg!(feature = "sqlite"),
+        };
+        let dialect = dialect.require_built("larder-views", built)?;
         // One plain connection first: a dead or misnamed database is an
         // error at once, not after the pool's acquire timeout of retries.
         {

@@ -13,7 +13,6 @@ use tokio::sync::Notify;
 
 use crate::error::Result;
 use crate::outbox::{self, Entry};
-use crate::schema::CHANNEL;
 use crate::source::Dialect;
 use crate::store::Put;
 use crate::view::RowChange;
@@ -415,10 +414,17 @@ impl Drop for Heartbeat {
 
 /// Wakes the worker on every NOTIFY, and once after each (re)connection,
 /// since notifications sent meanwhile are lost.
+#[cfg(feature = "postgres")]
 async fn listen(url: String, wake: Arc<Notify>) {
-    larder_changes::listen_postgres(&url, CHANNEL, "view worker", |_| {
+    larder_changes::listen_postgres(&url, crate::schema::CHANNEL, "view worker", |_| {
         wake.notify_one();
         std::future::ready(std::ops::ControlFlow::Continue(()))
     })
     .await;
 }
+
+/// Without the `postgres` feature no source is PostgreSQL
+/// ([`Source::connect`](crate::Source::connect) refuses the URL), so
+/// nothing ever calls this.
+#[cfg(not(feature = "postgres"))]
+async fn listen(_: String, _: Arc<Notify>) {}

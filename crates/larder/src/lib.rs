@@ -32,7 +32,7 @@
 //! | `redis://[user:pass@]host:port[/db]` | Redis (`larder::redis`) | `redis` |
 //! | `redis+cluster://h1:p1,h2:p2` | Redis Cluster (`larder::redis`) | `redis` |
 //! | `memcached://h1:p1,h2:p2` | memcached pool (`larder::memcached`) | `memcached` |
-//! | `sqlite:///path.db`, `postgres://…`, `mysql://…` | SQL table (`larder::sql`) | `sql` |
+//! | `sqlite:///path.db`, `postgres://…`, `mysql://…` | SQL table (`larder::sql`) | `sql` with `sqlite`, `postgres`, `mysql` |
 //! | `dummy://` | stores nothing ([`DummyBackend`]) | always |
 //!
 //! Every URL also takes the cache options `key_prefix`, `version`, `timeout`
@@ -55,6 +55,14 @@
 //! | [`backend`] | writing your own backend: the [`backend::Backend`] trait and what it exchanges | always |
 #![warn(missing_docs)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+#[cfg(all(
+    any(feature = "sql", feature = "query", feature = "views"),
+    not(any(feature = "postgres", feature = "mysql", feature = "sqlite"))
+))]
+compile_error!(
+    "larder's `sql`, `query` and `views` need a database: enable `postgres`, `mysql` or `sqlite` as well"
+);
 
 pub use larder_core::{
     fragment_key, BreakerConfig, BreakerState, Cache, CacheBuilder, CacheValue, Codec,
@@ -180,8 +188,14 @@ pub fn supported_schemes() -> Vec<&'static str> {
     if cfg!(feature = "memcached") {
         v.push("memcached");
     }
-    if cfg!(feature = "sql") {
-        v.extend(["sqlite", "postgres", "mysql"]);
+    if cfg!(all(feature = "sql", feature = "sqlite")) {
+        v.push("sqlite");
+    }
+    if cfg!(all(feature = "sql", feature = "postgres")) {
+        v.push("postgres");
+    }
+    if cfg!(all(feature = "sql", feature = "mysql")) {
+        v.push("mysql");
     }
     v
 }

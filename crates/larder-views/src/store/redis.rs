@@ -5,8 +5,8 @@
 
 use redis::aio::ConnectionManager;
 
+use super::{DocStore, Put, Versioned};
 use crate::error::{Error, Result};
-use crate::store::{DocStore, Put, Versioned};
 
 fn err(e: impl Into<crate::error::BoxError>) -> Error {
     Error::store("redis", e)

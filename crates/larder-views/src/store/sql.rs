@@ -4,9 +4,9 @@
 
 use sqlx::{Acquire, Row};
 
+use super::{DocStore, Put, Versioned};
 use crate::error::{Error, Result};
 use crate::source::{Dialect, Source};
-use crate::store::{DocStore, Put, Versioned};
 
 /// The table documents are kept in.
 pub const DOCS_TABLE: &str = "larder_view_docs";
