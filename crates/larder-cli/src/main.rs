@@ -8,7 +8,6 @@ mod ops;
 mod progress;
 mod proxy;
 mod query;
-mod telemetry;
 mod views;
 
 use std::process::ExitCode;

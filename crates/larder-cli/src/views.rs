@@ -200,12 +200,8 @@ fn load_views_file(path: &str) -> Result<BTreeMap<String, SqlView>, CliError> {
     Ok(file.views)
 }
 
-pub(crate) async fn open_store(spec: &str, source: &Source) -> Result<Arc<dyn DocStore>, CliError> {
-    open_store_waiting(spec, source, Duration::ZERO).await
-}
-
-/// [`open_store`], waiting up to `wait` for a redb file another process
-/// holds (a `larder views status` run, or a worker still shutting down).
+/// The views store named by `spec`, waiting up to `wait` for a redb file
+/// another process holds (a `larder views status` run, or a worker still shutting down).
 /// The library opens it; an unknown spec is a usage error here.
 pub(crate) async fn open_store_waiting(
     spec: &str,

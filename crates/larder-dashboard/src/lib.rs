@@ -34,17 +34,21 @@
 //!   that come from metrics stay at zero (the HTTP cache's and the views'
 //!   own figures still show). Export with your recorder then, and use the
 //!   page for the rest.
-//! - Request latency is what you report with [`Dashboard::record_latency`]
-//!   (a middleware of yours around the routes you care about).
+//! - Request latency is what [`Dashboard::latency_layer`] measures around
+//!   the routes you wrap with it (or what you report yourself with
+//!   [`Dashboard::record_latency`]). Wrap your routes, not the dashboard:
+//!   its own polling would count.
 
 #![warn(missing_docs)]
 
+mod latency;
 mod service;
 mod telemetry;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use latency::{Latency, LatencyFuture, LatencyLayer};
 pub use service::DashboardService;
 pub use telemetry::{parse_prometheus, Sample};
 
@@ -130,6 +134,24 @@ impl Dashboard {
     /// and exported as `larder_request_seconds`).
     pub fn record_latency(&self, d: Duration) {
         self.telemetry.record_latency(d);
+    }
+
+    /// A tower layer that records the latency of every request through
+    /// the services it wraps ([`record_latency`](Self::record_latency)
+    /// done for you).
+    ///
+    /// ```no_run
+    /// # fn app(dashboard: larder_dashboard::Dashboard) {
+    /// use axum::{routing::get, Router};
+    ///
+    /// let app: Router = Router::new()
+    ///     .route("/", get(|| async { "hello" }))
+    ///     .layer(dashboard.latency_layer()) // the routes above only
+    ///     .nest_service("/_larder", dashboard.service());
+    /// # }
+    /// ```
+    pub fn latency_layer(&self) -> LatencyLayer {
+        LatencyLayer::new(self.clone())
     }
 
     /// What `stats.json` answers now.

@@ -91,3 +91,26 @@ async fn mounted_under_a_prefix_of_the_applications_choice() {
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}");
     }
 }
+
+/// The latency layer counts the requests of the routes it wraps, and not
+/// the dashboard's own polling nested after it.
+#[tokio::test]
+async fn the_latency_layer_measures_the_wrapped_routes_only() {
+    let dashboard = Dashboard::new();
+    let app = Router::new()
+        .route("/", axum::routing::get(|| async { "home" }))
+        .layer(dashboard.latency_layer())
+        .nest_service("/_larder", dashboard.service());
+    let total = |v: &serde_json::Value| v["latency_ms"]["total"].as_u64().unwrap();
+    let before = total(&dashboard.snapshot().await);
+    for _ in 0..3 {
+        assert_eq!(send(&app, "GET", "/").await.0, StatusCode::OK);
+    }
+    for _ in 0..2 {
+        assert_eq!(
+            send(&app, "GET", "/_larder/stats.json").await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(total(&dashboard.snapshot().await), before + 3);
+}

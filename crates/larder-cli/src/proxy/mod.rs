@@ -295,12 +295,8 @@ async fn serve(
             .route("/_larder", any(not_found))
             .route("/_larder/{*rest}", any(not_found))
     };
-    let traffic = own_paths
-        .fallback_service(edge)
-        .layer(axum::middleware::from_fn_with_state(
-            dashboard,
-            crate::telemetry::measure,
-        ));
+    // Latency of the traffic only, not of the admin paths beside it.
+    let traffic = own_paths.fallback_service(tower::Layer::layer(&dashboard.latency_layer(), edge));
     let limits = Limits {
         header_timeout: Duration::from_secs(args.header_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
