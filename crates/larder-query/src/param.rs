@@ -8,8 +8,10 @@ use sqlx::Database;
 ///
 /// Beyond the plain SQL types, cargo features add: `json`
 /// ([`Param::Json`]), `uuid` ([`Param::Uuid`]), `chrono`
-/// ([`Param::Timestamp`], [`Param::Date`]); all three bind natively on
-/// PostgreSQL, MySQL/MariaDB and SQLite.
+/// ([`Param::Timestamp`], [`Param::Date`]), which bind natively on
+/// PostgreSQL, MySQL/MariaDB and SQLite, and `decimal`
+/// ([`Param::Decimal`]), native on PostgreSQL and MySQL/MariaDB and text
+/// on SQLite (see its pitfall).
 ///
 /// ```
 /// use larder_query::Param;
@@ -46,6 +48,18 @@ pub enum Param {
     /// A calendar date (`DATE`). Feature `chrono`.
     #[cfg(feature = "chrono")]
     Date(chrono::NaiveDate),
+    /// An exact decimal (PostgreSQL `NUMERIC`, MySQL `DECIMAL`). Feature
+    /// `decimal`.
+    ///
+    /// Its scale is part of the cache key (`1.50` and `1.5` are two keys:
+    /// `SELECT $1` answers them differently).
+    ///
+    /// Pitfall: SQLite has no decimal type, so there it is bound as its
+    /// text (`"1.50"`), as sqlx advises. Keep exact decimals in a `TEXT`
+    /// column there and compare them as written; a `NUMERIC` column
+    /// converts both sides to a float of 15 significant digits.
+    #[cfg(feature = "decimal")]
+    Decimal(rust_decimal::Decimal),
 }
 
 macro_rules! from_param {
@@ -62,6 +76,8 @@ from_param!(serde_json::Value => Json);
 from_param!(uuid::Uuid => Uuid);
 #[cfg(feature = "chrono")]
 from_param!(chrono::DateTime<chrono::Utc> => Timestamp, chrono::NaiveDate => Date);
+#[cfg(feature = "decimal")]
+from_param!(rust_decimal::Decimal => Decimal);
 
 impl<T: Into<Param>> From<Option<T>> for Param {
     fn from(x: Option<T>) -> Param {
@@ -94,6 +110,9 @@ impl Param {
             ),
             #[cfg(feature = "chrono")]
             Param::Date(d) => (9, d.to_string().into_bytes()),
+            // Display keeps the scale: "1.50" and "1.5" stay apart.
+            #[cfg(feature = "decimal")]
+            Param::Decimal(d) => (10, d.to_string().into_bytes()),
         };
         let mut out = Vec::with_capacity(1 + body.len());
         out.push(tag);
@@ -131,8 +150,20 @@ pub trait BindParam: Database {
     fn bind_param<'q, B: Bind<'q, Self>>(q: B, p: &Param) -> B;
 }
 
+/// How a database binds a decimal: natively, or as its text where the
+/// database has no decimal type (SQLite).
+#[cfg(feature = "decimal")]
+macro_rules! bind_decimal {
+    (native, $q:expr, $v:expr) => {
+        $q.bind_value(*$v)
+    };
+    (text, $q:expr, $v:expr) => {
+        $q.bind_value($v.to_string())
+    };
+}
+
 macro_rules! bind_param_for {
-    ($($db:ty),*) => {$(
+    ($($db:ty => decimal $how:ident),*) => {$(
         impl BindParam for $db {
             fn bind_param<'q, B: Bind<'q, Self>>(q: B, p: &Param) -> B {
                 match p {
@@ -150,17 +181,19 @@ macro_rules! bind_param_for {
                     Param::Timestamp(v) => q.bind_value(*v),
                     #[cfg(feature = "chrono")]
                     Param::Date(v) => q.bind_value(*v),
+                    #[cfg(feature = "decimal")]
+                    Param::Decimal(v) => bind_decimal!($how, q, v),
                 }
             }
         }
     )*};
 }
 #[cfg(feature = "postgres")]
-bind_param_for!(sqlx::Postgres);
+bind_param_for!(sqlx::Postgres => decimal native);
 #[cfg(feature = "mysql")]
-bind_param_for!(sqlx::MySql);
+bind_param_for!(sqlx::MySql => decimal native);
 #[cfg(feature = "sqlite")]
-bind_param_for!(sqlx::Sqlite);
+bind_param_for!(sqlx::Sqlite => decimal text);
 
 #[cfg(test)]
 mod tests {
