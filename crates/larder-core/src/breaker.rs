@@ -3,8 +3,9 @@
 //! deadline, then let one probe through to see whether it is back.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use crate::time::MonotonicMs;
 use metrics::{Counter, Gauge};
 
 /// When the circuit breaker opens and how long it stays open.
@@ -77,9 +78,9 @@ pub enum BreakerState {
 
 pub(crate) struct Breaker {
     config: BreakerConfig,
-    epoch: Instant,
+    clock: MonotonicMs,
     failures: AtomicU32,
-    /// Milliseconds since `epoch` until which the breaker is open; 0 = closed.
+    /// Milliseconds on `clock` until which the breaker is open; 0 = closed.
     open_until_ms: AtomicU64,
     probing: AtomicBool,
     opened: Counter,
@@ -100,7 +101,7 @@ impl Breaker {
         let label = cache.to_owned();
         Breaker {
             config,
-            epoch: Instant::now(),
+            clock: MonotonicMs::new(),
             failures: AtomicU32::new(0),
             open_until_ms: AtomicU64::new(0),
             probing: AtomicBool::new(false),
@@ -111,8 +112,8 @@ impl Breaker {
     }
 
     fn now_ms(&self) -> u64 {
-        // +1 so that 0 keeps meaning "closed".
-        self.epoch.elapsed().as_millis() as u64 + 1
+        // Never 0, so that 0 keeps meaning "closed".
+        self.clock.now()
     }
 
     pub(crate) fn state(&self) -> BreakerState {

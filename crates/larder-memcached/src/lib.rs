@@ -48,7 +48,7 @@ use futures_util::future::join_all;
 use larder_core::envelope::parse_integer;
 use larder_core::{
     async_trait, Backend, Bytes, CacheUrl, Capabilities, ClearScope, Error, Expiry, LeaseGrant,
-    LeaseToken, Result,
+    LeaseToken, MonotonicMs, Result,
 };
 
 use conn::{Conn, ConnError, Until};
@@ -112,7 +112,7 @@ pub struct MemcachedBackend {
 struct Inner {
     config: MemcachedConfig,
     servers: Vec<Server>,
-    epoch: Instant,
+    clock: MonotonicMs,
     /// The ring over the servers currently in it, with their bitmask.
     ring: RwLock<(Vec<bool>, Arc<Ring>)>,
 }
@@ -204,7 +204,7 @@ impl MemcachedBackend {
             inner: Arc::new(Inner {
                 config,
                 servers,
-                epoch: Instant::now(),
+                clock: MonotonicMs::new(),
                 ring: RwLock::new((live, ring)),
             }),
         })
@@ -266,7 +266,7 @@ impl MemcachedBackend {
 
 impl Inner {
     fn now_ms(&self) -> u64 {
-        (self.epoch.elapsed().as_millis() as u64).max(1)
+        self.clock.now()
     }
 
     fn is_live(&self, i: usize, now: u64) -> bool {

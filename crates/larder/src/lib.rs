@@ -79,7 +79,7 @@ pub mod backend {
         acquire_lease_by_add, async_trait, io_kind_means_unreachable, lease_key, unix_ms,
         unix_ms_i64, Backend, BlockingIo, BusEvent, BusMessage, Bytes, CacheUrl, Capabilities,
         ClearScope, DecodedMemo, Expiry, FailureLog, Invalidation, KeyPolicy, LeaseGrant,
-        LeaseToken, Resolved, UrlOptions, WriteGenerations, SUMMARY_INTERVAL,
+        LeaseToken, MonotonicMs, Resolved, UrlOptions, WriteGenerations, SUMMARY_INTERVAL,
     };
 }
 

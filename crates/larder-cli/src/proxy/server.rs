@@ -31,6 +31,7 @@ use http::{Request, Response};
 use http_body::Frame;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use larder::backend::MonotonicMs;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
@@ -84,19 +85,12 @@ pub fn effective_max_connections(wanted: usize) -> usize {
     wanted.min(fit).max(1)
 }
 
-/// Milliseconds since `origin`, never 0: 0 means "not set" in
-/// [`ConnState`], and a connection accepted in the server's first
-/// millisecond must still expire.
-fn now_ms(origin: Instant) -> u64 {
-    u64::try_from(origin.elapsed().as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1)
-}
-
 /// What one connection is doing, shared by its I/O, its requests and the
 /// watchdog.
 struct ConnState {
-    origin: Instant,
+    // Never 0: 0 means "not set" in the fields below, and a connection
+    // accepted in the server's first millisecond must still expire.
+    origin: MonotonicMs,
     /// Requests whose response is not fully written yet.
     busy: AtomicU32,
     /// When the connection last became idle (accept, or a response done).
@@ -112,11 +106,11 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn new(origin: Instant) -> Self {
+    fn new(origin: MonotonicMs) -> Self {
         ConnState {
             origin,
             busy: AtomicU32::new(0),
-            idle_since: AtomicU64::new(now_ms(origin)),
+            idle_since: AtomicU64::new(origin.now()),
             head_since: AtomicU64::new(0),
             blocked_since: AtomicU64::new(0),
             served_any: AtomicBool::new(false),
@@ -126,7 +120,7 @@ impl ConnState {
     }
 
     fn now(&self) -> u64 {
-        now_ms(self.origin)
+        self.origin.now()
     }
 
     fn is_idle(&self) -> bool {
@@ -326,7 +320,7 @@ pub async fn serve<S>(
     S::Future: Send + 'static,
 {
     let registry = Arc::new(Registry::default());
-    let origin = Instant::now();
+    let origin = MonotonicMs::new();
     let accept_failures = larder::backend::FailureLog::new("proxy accept");
     let (stop_tx, stop_rx) = watch::channel(false);
     // No hyper timer: the watchdog below bounds every wait, and hyper's
@@ -461,7 +455,7 @@ mod tests {
     #[test]
     fn a_connection_accepted_at_once_still_expires() {
         // Accepted in the server's first millisecond.
-        let state = Arc::new(ConnState::new(Instant::now()));
+        let state = Arc::new(ConnState::new(MonotonicMs::new()));
         assert_eq!(state.expired(&limits(1_000)), None);
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(state.expired(&limits(5)), Some("idle"));
@@ -469,7 +463,7 @@ mod tests {
 
     #[test]
     fn a_busy_connection_expires_only_when_its_client_stops_reading() {
-        let state = Arc::new(ConnState::new(Instant::now()));
+        let state = Arc::new(ConnState::new(MonotonicMs::new()));
         let busy = state.begin();
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(state.expired(&limits(5)), None, "a request in progress");
