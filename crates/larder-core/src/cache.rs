@@ -614,6 +614,19 @@ impl Cache {
         Ok(out)
     }
 
+    /// Counts one lookup in this cache's hit and miss counters
+    /// (`larder_cache_hits_total` / `larder_cache_misses_total`), for a
+    /// layer that reads entries with [`get_many_raw`](Self::get_many_raw)
+    /// and decides itself whether one answers (larder-query's stamped
+    /// results, read in one round trip with their generations).
+    pub fn record_lookup(&self, hit: bool) {
+        if hit {
+            self.inner.counters.hits.increment(1);
+        } else {
+            self.inner.counters.misses.increment(1);
+        }
+    }
+
     /// The stored bytes of several keys, undecoded, one slot per key in
     /// order (`None`: absent). For metadata that must fail safe, where an
     /// entry that is there but unreadable means something else than one

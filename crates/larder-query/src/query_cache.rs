@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use larder_core::{Cache, Error, Ttl};
 
@@ -256,6 +257,31 @@ fn read_deps(sql: &str, dialect: SqlDialect, schema: &Schema) -> RowDeps {
     crate::rows::row_deps(&stmt, &appearances, &schema.views)
 }
 
+/// How long the generation-keyed copy of a result is kept: it serves
+/// single-flight and leases while a result is computed, and the readers
+/// whose stamped copy was just overwritten; the stamped copy carries the
+/// result's TTL.
+const COMPUTE_COPY_TTL: Duration = Duration::from_secs(30);
+
+/// A result stored with the generations it was computed under, under a
+/// key that does not contain them: a hit reads the generations and the
+/// result in one round trip and answers only if the two agree.
+#[derive(Serialize, serde::Deserialize)]
+struct Stamped<T> {
+    gens: Vec<u64>,
+    rows: T,
+}
+
+/// The first step of a cached read.
+enum Lookup<T> {
+    /// The stamped result, computed under the current generations.
+    Hit(T),
+    /// Compute (or find the generation-keyed copy) under these.
+    Miss(Vec<u64>),
+    /// The store cannot be read: run uncached.
+    Down,
+}
+
 fn fingerprint(sql: &str, params: &[Param], tables: &[String], gens: &[u64]) -> String {
     let mut h = Sha256::new();
     let mut part = |b: &[u8]| {
@@ -279,6 +305,16 @@ fn fingerprint(sql: &str, params: &[Param], tables: &[String], gens: &[u64]) -> 
         s.push(HEX[usize::from(b & 15)] as char);
     }
     s
+}
+
+/// The key of a read's stamped result: the statement, its parameters and
+/// the generation keys it depends on, without their values.
+fn stamp_key(sql: &str, params: &[Param], keys: &[String]) -> String {
+    // Zeros for the values: no generation is 0, so this never equals a
+    // generation-keyed fingerprint (the prefix differs as well).
+    let mut k = fingerprint(sql, params, keys, &vec![0; keys.len()]);
+    k.replace_range(..2, "qs.");
+    k
 }
 
 macro_rules! bind_all {
@@ -367,43 +403,116 @@ where
         &self.generations
     }
 
-    /// The cache key for a read, or `None` when the store is down (the
-    /// query then runs uncached).
-    async fn key(&self, sql: &str, params: &[Param], plan: &Plan) -> Option<String> {
-        let Analysis::Read(tables) = &plan.analysis else {
-            return None;
-        };
-        let all = self.read_keys(tables, &plan.deps, params);
-        match self.generations.current_keys(&all).await {
-            Ok(gens) => Some(fingerprint(sql, params, &all, &gens)),
-            Err(e) => {
-                tracing::warn!(error = %e, "query cache: generations unreadable; query runs uncached");
-                None
-            }
+    /// The TTL of the generation-keyed copy: [`COMPUTE_COPY_TTL`], never
+    /// longer than the result's own.
+    fn compute_copy_ttl(&self) -> Ttl {
+        match self.ttl {
+            Ttl::After(d) => Ttl::After(d.min(COMPUTE_COPY_TTL)),
+            Ttl::Never => Ttl::After(COMPUTE_COPY_TTL),
+            // The cache's default, unknown here: the result's own.
+            other => other,
         }
     }
 
+    /// Reads the generations under `keys` and the stamped result under
+    /// `stamp` in one round trip (one MGET on Redis, one multi-get on
+    /// memcached).
+    async fn lookup<T: DeserializeOwned>(&self, keys: &[String], stamp: &str) -> Lookup<T> {
+        let mut all: Vec<&str> = keys.iter().map(String::as_str).collect();
+        all.push(stamp);
+        let mut raw = match self.cache.get_many_raw(&all).await {
+            Ok(raw) => raw,
+            Err(e) => {
+                tracing::warn!(error = %e, "query cache: store unreadable; query runs uncached");
+                return Lookup::Down;
+            }
+        };
+        let stamped = raw.pop().flatten();
+        let gens: Option<Vec<u64>> = raw
+            .iter()
+            .map(
+                |r| match r.as_deref().map(larder_core::envelope::decode::<u64>) {
+                    Some(Ok((g, _))) if g != 0 => Some(g),
+                    _ => None,
+                },
+            )
+            .collect();
+        let gens = match gens {
+            Some(g) => g,
+            // A generation missing or unreadable: create or replace it (a
+            // conservative miss), as every read of it does.
+            None => match self.generations.current_keys(keys).await {
+                Ok(g) => {
+                    self.cache.record_lookup(false);
+                    return Lookup::Miss(g);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "query cache: generations unreadable; query runs uncached");
+                    return Lookup::Down;
+                }
+            },
+        };
+        if let Some(bytes) = stamped {
+            match larder_core::envelope::decode::<Stamped<T>>(&bytes) {
+                Ok((s, _)) if s.gens == gens => {
+                    self.cache.record_lookup(true);
+                    return Lookup::Hit(s.rows);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(key = stamp, error = %e, "query cache: unreadable result treated as a miss");
+                }
+            }
+        }
+        self.cache.record_lookup(false);
+        Lookup::Miss(gens)
+    }
+
     /// Every row of a query, cached when the query is a plain read.
+    ///
+    /// A hit is one round trip to the store: the generations the query
+    /// depends on and its result stamped with the generations it was
+    /// computed under, read together; the result answers only if they
+    /// agree. A miss computes through [`Cache::get_or_compute`] under a
+    /// key made of those generations (single-flight, leases), then stamps
+    /// the result.
     pub async fn fetch_all<T>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, QueryError>
     where
         T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
     {
         let plan = self.plan(sql);
         match &plan.analysis {
-            Analysis::Read(_) => {
-                let Some(key) = self.key(sql, params, &plan).await else {
-                    self.counters.uncached_reads.fetch_add(1, Ordering::Relaxed);
-                    return Ok(self.run_all(sql, params).await?);
+            Analysis::Read(tables) => {
+                let keys = self.read_keys(tables, &plan.deps, params);
+                let stamp = stamp_key(sql, params, &keys);
+                let gens = match self.lookup::<Vec<T>>(&keys, &stamp).await {
+                    Lookup::Hit(rows) => {
+                        self.counters.cached_reads.fetch_add(1, Ordering::Relaxed);
+                        return Ok(rows);
+                    }
+                    Lookup::Miss(gens) => gens,
+                    Lookup::Down => {
+                        self.counters.uncached_reads.fetch_add(1, Ordering::Relaxed);
+                        return Ok(self.run_all(sql, params).await?);
+                    }
                 };
-                let out = self
+                let key = fingerprint(sql, params, &keys, &gens);
+                let rows = self
                     .cache
-                    .get_or_compute(&key, self.ttl, || {
+                    .get_or_compute(&key, self.compute_copy_ttl(), || {
                         self.counters.computed.fetch_add(1, Ordering::Relaxed);
                         self.run_all::<T>(sql, params)
                     })
                     .await;
                 self.counters.cached_reads.fetch_add(1, Ordering::Relaxed);
-                out.map_err(QueryError::from)
+                let rows = rows.map_err(QueryError::from)?;
+                // Computed (here or by another process) under `gens`: a
+                // later write changes them, so the stamp stops matching.
+                let stamped = Stamped { gens, rows };
+                if let Err(e) = self.cache.set(&stamp, &stamped, self.ttl).await {
+                    tracing::debug!(error = %e, "query cache: could not store a stamped result");
+                }
+                Ok(stamped.rows)
             }
             other => {
                 self.counters.uncached_reads.fetch_add(1, Ordering::Relaxed);
@@ -1134,8 +1243,6 @@ pub struct OutsideWrites {
     last_read: Option<std::time::Instant>,
     last_prune: Option<std::time::Instant>,
 }
-
-use std::time::Duration;
 
 #[cfg(feature = "postgres")]
 impl QueryCache<sqlx::Postgres> {
