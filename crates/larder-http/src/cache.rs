@@ -1069,11 +1069,7 @@ impl HttpCache {
             vary.dedup();
         }
         let vary_values = policy::vary_values(&vary, req_headers);
-        let initial_age = headers
-            .get(header::AGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(0);
+        let initial_age = policy::age_seconds(headers);
         let mut stored: Vec<(String, ByteBuf)> = headers
             .iter()
             .filter(|(n, _)| {
@@ -1443,7 +1439,7 @@ fn not_modified(req: &HeaderMap, entry: &Entry) -> bool {
     let ims = policy::header_date(req, &header::IF_MODIFIED_SINCE);
     let lm = entry
         .header_str("last-modified")
-        .and_then(|s| httpdate::parse_http_date(s).ok());
+        .and_then(policy::parse_http_date);
     matches!((ims, lm), (Some(ims), Some(lm)) if lm <= ims)
 }
 

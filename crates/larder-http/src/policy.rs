@@ -253,23 +253,96 @@ fn explicit_lifetime(cc: &CacheControl, h: &HeaderMap) -> Option<Duration> {
         return Some(Duration::from_secs(s));
     }
     let expires = h.get(header::EXPIRES)?;
-    // An invalid Expires (e.g. "0") means already expired.
-    let Some(expires) = expires
-        .to_str()
-        .ok()
-        .and_then(|s| httpdate::parse_http_date(s).ok())
-    else {
+    // An invalid Expires (e.g. "0") means already expired (RFC 9111
+    // §5.3); a valid date in an obsolete format or the wrong case is not
+    // invalid (RFC 9110 §5.6.7).
+    let Some(expires) = expires.to_str().ok().and_then(parse_http_date) else {
         return Some(Duration::ZERO);
     };
     let date = header_date(h, &header::DATE).unwrap_or_else(SystemTime::now);
     Some(expires.duration_since(date).unwrap_or(Duration::ZERO))
 }
 
-/// A date header, if present and valid.
+/// A date header, if present and valid (in any of the three formats of
+/// [`parse_http_date`]).
 pub fn header_date(h: &HeaderMap, name: &HeaderName) -> Option<SystemTime> {
     h.get(name)
         .and_then(|v| v.to_str().ok())
-        .and_then(|s| httpdate::parse_http_date(s).ok())
+        .and_then(parse_http_date)
+}
+
+/// An HTTP date, read as RFC 9110 §5.6.7 asks of recipients: the
+/// preferred IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`) and the two
+/// obsolete formats, RFC 850 (`Sunday, 06-Nov-94 08:49:37 GMT`) and ANSI C
+/// asctime (`Sun Nov  6 08:49:37 1994`), with day and month names and the
+/// zone in any case, runs of spaces, and a one-digit day. `None` for
+/// anything else.
+pub fn parse_http_date(s: &str) -> Option<SystemTime> {
+    // Field values are short; a long one is not a date (and is not worth
+    // normalising).
+    if s.len() > 64 {
+        return None;
+    }
+    let words: Vec<String> = s.split_ascii_whitespace().map(canonical_word).collect();
+    let candidate = match words.as_slice() {
+        // asctime: the day is padded to two characters with a space.
+        [wd, mon, day, time, year] if !wd.ends_with(',') => {
+            format!("{wd} {mon} {day:>2} {time} {year}")
+        }
+        // IMF-fixdate with a one-digit day.
+        [wd, day, mon, year, time, zone] if day.len() == 1 => {
+            format!("{wd} 0{day} {mon} {year} {time} {zone}")
+        }
+        _ => words.join(" "),
+    };
+    httpdate::parse_http_date(&candidate).ok()
+}
+
+/// A date's word in the case httpdate expects: day and month names
+/// capitalised (`sunday,` → `Sunday,`, `06-NOV-94` → `06-Nov-94`), `GMT`
+/// in capitals.
+fn canonical_word(w: &str) -> String {
+    if w.eq_ignore_ascii_case("gmt") {
+        return "GMT".to_owned();
+    }
+    let mut out = String::with_capacity(w.len());
+    let mut at_word_start = true;
+    for c in w.chars() {
+        if c.is_ascii_alphabetic() {
+            out.push(if at_word_start {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            });
+            at_word_start = false;
+        } else {
+            out.push(c);
+            at_word_start = true;
+        }
+    }
+    out
+}
+
+/// A response's Age in seconds (RFC 9111 §5.1): the first member of a
+/// list (`7200, 0` is 7200), several field lines read as one list; a
+/// value that is not a non-negative integer is ignored (0); a huge one is
+/// 2^31 (RFC 9111 §1.2.2).
+pub fn age_seconds(h: &HeaderMap) -> u64 {
+    const MAX_DELTA: u64 = 1 << 31;
+    let Some(first) = h
+        .get_all(header::AGE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .find(|m| !m.is_empty())
+    else {
+        return 0;
+    };
+    if first.is_empty() || !first.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    first.parse::<u64>().map_or(MAX_DELTA, |n| n.min(MAX_DELTA))
 }
 
 /// The Vary header's field names, lowercased and sorted; `None` for `*`
@@ -334,6 +407,76 @@ mod tests {
             );
         }
         h
+    }
+
+    #[test]
+    fn dates_in_the_three_formats_and_any_case() {
+        let want = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        for s in [
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+            "sun, 06 nov 1994 08:49:37 gmt",
+            "SUN, 06 NOV 1994 08:49:37 GMT",
+            "Sun,  06  Nov 1994 08:49:37   GMT",
+            "Sun, 6 Nov 1994 08:49:37 GMT",
+            "Sunday, 06-Nov-94 08:49:37 GMT",
+            "SUNDAY, 06-NOV-94 08:49:37 gmt",
+            "Sun Nov  6 08:49:37 1994",
+            "sun nov 6 08:49:37 1994",
+            "SUN NOV 06 08:49:37 1994",
+        ] {
+            assert_eq!(parse_http_date(s), Some(want), "{s:?}");
+        }
+        for s in [
+            "0",
+            "-1",
+            "",
+            "yesterday",
+            "Sun, 06 Nov 1994 08:49:37",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+            &"Sun, 06 Nov 1994 08:49:37 GMT ".repeat(10),
+        ] {
+            assert_eq!(parse_http_date(s), None, "{s:?}");
+        }
+    }
+
+    #[test]
+    fn an_expires_in_an_obsolete_format_is_a_lifetime_not_expired() {
+        let h = headers(&[
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("expires", "Sun Nov  6 09:49:37 1994"),
+        ]);
+        let cc = CacheControl::parse(&h);
+        assert_eq!(explicit_lifetime(&cc, &h), Some(Duration::from_secs(3600)));
+        let h = headers(&[
+            ("date", "Sun, 06 Nov 1994 08:49:37 GMT"),
+            ("expires", "sunday, 06-nov-94 10:49:37 gmt"),
+        ]);
+        assert_eq!(explicit_lifetime(&cc, &h), Some(Duration::from_secs(7200)));
+        let h = headers(&[("expires", "0")]);
+        assert_eq!(
+            explicit_lifetime(&cc, &h),
+            Some(Duration::ZERO),
+            "invalid: expired"
+        );
+    }
+
+    #[test]
+    fn age_is_the_first_member_of_a_list() {
+        for (lines, want) in [
+            (&["7200, 0"][..], 7200),
+            (&["7200", "0"][..], 7200),
+            (&[" 30 "][..], 30),
+            (&[", 12"][..], 12),
+            (&["abc, 5"][..], 0),
+            (&["-5"][..], 0),
+            (&["1.5"][..], 0),
+            (&["99999999999999999999999"][..], 1 << 31),
+            (&[][..], 0),
+        ] {
+            let pairs: Vec<(&str, &str)> = lines.iter().map(|v| ("age", *v)).collect();
+            assert_eq!(age_seconds(&headers(&pairs)), want, "{lines:?}");
+        }
     }
 
     fn rules() -> Rules {

@@ -842,3 +842,90 @@ async fn vary_accept_encoding_keeps_encodings_apart() {
     let (_, h, b) = send(&app, get_req("/page")).await;
     assert_eq!((status(&h), b.as_str()), ("HIT", "plain text"));
 }
+
+/// `Age: 7200, 0` is a list whose first member counts (RFC 9111 §5.1):
+/// a response two hours old with one hour of freshness is stale on
+/// arrival and must not be served from the cache as fresh.
+#[tokio::test]
+async fn an_age_list_counts_its_first_member() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let router = app(
+        &http,
+        calls.clone(),
+        &[("cache-control", "max-age=3600"), ("age", "7200, 0")],
+    );
+    send(&router, get_req("/page")).await;
+    let (_, h, body) = send(&router, get_req("/page")).await;
+    assert_ne!(status(&h), "HIT", "served stale as fresh");
+    assert_eq!((body.as_str(), calls.load(Ordering::SeqCst)), ("body 2", 2));
+
+    // Two Age lines: the first one counts too.
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let router = app(
+        &http,
+        calls.clone(),
+        &[
+            ("cache-control", "max-age=3600"),
+            ("age", "7200"),
+            ("age", "0"),
+        ],
+    );
+    send(&router, get_req("/page")).await;
+    send(&router, get_req("/page")).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}
+
+/// An hour from now as IMF-fixdate, asctime and lower-case RFC 850 (RFC
+/// 9110 §5.6.7: recipients accept all three).
+fn an_hour_from_now() -> [String; 3] {
+    let imf = httpdate::fmt_http_date(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let w: Vec<&str> = imf.split(' ').collect(); // Sun, 06 Nov 1994 08:49:37 GMT
+    let (wd, day, mon, year, time) = (w[0].trim_end_matches(','), w[1], w[2], w[3], w[4]);
+    let long = match wd {
+        "Mon" => "monday",
+        "Tue" => "tuesday",
+        "Wed" => "wednesday",
+        "Thu" => "thursday",
+        "Fri" => "friday",
+        "Sat" => "saturday",
+        _ => "sunday",
+    };
+    [
+        imf.clone(),
+        format!(
+            "{wd} {mon} {:>2} {time} {year}",
+            day.trim_start_matches('0')
+        ),
+        format!(
+            "{long}, {day}-{}-{} {time} gmt",
+            mon.to_lowercase(),
+            &year[2..]
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn expires_in_the_obsolete_formats_and_any_case_is_a_lifetime() {
+    for expires in an_hour_from_now() {
+        let http = HttpCache::builder(store()).build();
+        let calls = Arc::new(AtomicU32::new(0));
+        let counted = calls.clone();
+        let value = expires.clone();
+        let router = Router::new()
+            .route(
+                "/page",
+                get(move || {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let value = value.clone();
+                    async move { ([("expires", value)], "dated") }
+                }),
+            )
+            .layer(http.layer());
+        send(&router, get_req("/page")).await;
+        let (_, h, _) = send(&router, get_req("/page")).await;
+        assert_eq!(status(&h), "HIT", "Expires: {expires}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "Expires: {expires}");
+    }
+}
