@@ -368,6 +368,10 @@ pub fn vary_names(h: &HeaderMap) -> Option<Vec<String>> {
 
 /// The request's values of the Vary'd headers: `None` for an absent header
 /// (distinct from an empty one), several values joined in order.
+///
+/// Values are normalised by [`normalize_vary_value`], so requests that say
+/// the same thing in different spacing (or letter case, where the field is
+/// case-insensitive) share a variant.
 pub fn vary_values(names: &[String], req: &HeaderMap) -> Vec<Option<Vec<u8>>> {
     names
         .iter()
@@ -381,9 +385,103 @@ pub fn vary_values(names: &[String], req: &HeaderMap) -> Vec<Option<Vec<u8>>> {
                 }
                 joined.extend_from_slice(v.as_bytes());
             }
-            Some(joined)
+            Some(normalize_vary_value(n, joined))
         })
         .collect()
+}
+
+/// How a Vary'd request header's value (its field lines joined with
+/// `", "`) is compared. Only what the field's definition says cannot
+/// matter is removed, so two values that an origin could answer
+/// differently never share a variant:
+///
+/// - List fields whose members are case-insensitive tokens
+///   (`Accept-Encoding`, `Accept-Language`, `Accept-Charset`, `TE`): split
+///   at commas outside quoted strings, whitespace around members and
+///   around `;` and `=` removed, empty members dropped (RFC 9110 §5.6.1),
+///   lowercased. Order is kept: an origin may prefer the first of equal
+///   weights. `gzip, br` and ` GZIP ,br` are one variant; `br, gzip` is
+///   another.
+/// - `Accept`: the same, without lowercasing (a parameter's value may be
+///   case-sensitive).
+/// - Every other field (`Cookie`, `Authorization`, `User-Agent`, custom
+///   ones): whitespace at the ends only; the rest byte for byte.
+/// - A value that is not visible ASCII is compared byte for byte.
+pub fn normalize_vary_value(name: &str, value: Vec<u8>) -> Vec<u8> {
+    let lowercase = match name {
+        "accept-encoding" | "accept-language" | "accept-charset" | "te" => true,
+        "accept" => false,
+        _ => return trim_ows(value),
+    };
+    if !value
+        .iter()
+        .all(|&b| b == b'\t' || (0x20..0x7f).contains(&b))
+    {
+        return value;
+    }
+    let mut out = Vec::with_capacity(value.len());
+    let mut member: Vec<u8> = Vec::new();
+    let mut quoted = false;
+    let mut escaped = false;
+    let flush = |member: &mut Vec<u8>, out: &mut Vec<u8>| {
+        let m = trim_ows(std::mem::take(member));
+        if !m.is_empty() {
+            if !out.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(&m);
+        }
+    };
+    for &b in &value {
+        if quoted {
+            member.push(b);
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                quoted = false;
+            }
+            continue;
+        }
+        match b {
+            b'"' => {
+                quoted = true;
+                member.push(b);
+            }
+            b',' => flush(&mut member, &mut out),
+            // Whitespace: one space at most, none after a separator (or
+            // at the start; the end is trimmed at the flush).
+            b' ' | b'\t' => {
+                if !matches!(member.last(), None | Some(b' ' | b';' | b'=')) {
+                    member.push(b' ');
+                }
+            }
+            // None before a separator either.
+            b';' | b'=' => {
+                while member.last() == Some(&b' ') {
+                    member.pop();
+                }
+                member.push(b);
+            }
+            _ => member.push(if lowercase { b.to_ascii_lowercase() } else { b }),
+        }
+    }
+    flush(&mut member, &mut out);
+    out
+}
+
+/// `value` without the spaces and tabs at its ends.
+fn trim_ows(mut value: Vec<u8>) -> Vec<u8> {
+    while matches!(value.last(), Some(b' ' | b'\t')) {
+        value.pop();
+    }
+    let start = value
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(value.len());
+    value.drain(..start);
+    value
 }
 
 /// Weak comparison of entity tags for If-None-Match (RFC 9110 §13.1.2).
@@ -655,6 +753,52 @@ mod tests {
                 &HeaderMap::new()
             ),
             Err(NotStored::Method)
+        );
+    }
+
+    #[test]
+    fn vary_values_are_normalised_only_where_the_field_allows() {
+        let n = |name: &str, v: &str| {
+            String::from_utf8(normalize_vary_value(name, v.as_bytes().to_vec())).unwrap()
+        };
+        // Lists of case-insensitive tokens: spacing, case, empty members.
+        assert_eq!(n("accept-language", "en, de"), "en,de");
+        assert_eq!(n("accept-language", "  en ,   de  "), "en,de");
+        assert_eq!(
+            n("accept-language", "EN-us,, de ; q = 0.5"),
+            "en-us,de;q=0.5"
+        );
+        assert_eq!(n("accept-encoding", " GZIP ,br"), "gzip,br");
+        assert_eq!(
+            n("accept-encoding", "gzip;q=1.0,\tbr;  q=0.8"),
+            "gzip;q=1.0,br;q=0.8"
+        );
+        // Order is kept: it can decide between equal weights.
+        assert_ne!(
+            n("accept-encoding", "br, gzip"),
+            n("accept-encoding", "gzip, br")
+        );
+        // Accept keeps case (parameter values may be case-sensitive) and
+        // quoted strings whole.
+        assert_eq!(
+            n("accept", "text/html ; Level=1 , application/x;v=\"A, B\""),
+            "text/html;Level=1,application/x;v=\"A, B\""
+        );
+        // Everything else: ends trimmed, the rest byte for byte.
+        assert_eq!(n("cookie", "  a=1;  b=2 "), "a=1;  b=2");
+        assert_ne!(n("cookie", "a=1; b=2"), n("cookie", "a=1;b=2"));
+        assert_eq!(n("x-tenant", "Acme , Inc"), "Acme , Inc");
+        // Not visible ASCII: untouched.
+        let raw = b"EN,\xffde".to_vec();
+        assert_eq!(normalize_vary_value("accept-language", raw.clone()), raw);
+        // Multiple field lines are one list.
+        let names = vec!["accept-language".to_owned()];
+        assert_eq!(
+            vary_values(
+                &names,
+                &headers(&[("accept-language", "en"), ("accept-language", " DE")])
+            ),
+            vec![Some(b"en,de".to_vec())]
         );
     }
 

@@ -929,3 +929,46 @@ async fn expires_in_the_obsolete_formats_and_any_case_is_a_lifetime() {
         assert_eq!(calls.load(Ordering::SeqCst), 1, "Expires: {expires}");
     }
 }
+
+/// Requests that say the same thing in other spacing or case share a
+/// variant; a Vary'd Cookie stays byte for byte (privacy).
+#[tokio::test]
+async fn vary_normalises_list_headers_and_keeps_cookies_exact() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let router = app(
+        &http,
+        calls.clone(),
+        &[
+            ("cache-control", "max-age=60"),
+            ("vary", "Accept-Language, Accept-Encoding"),
+        ],
+    );
+    let req = |lang: &str, enc: &str| {
+        Request::builder()
+            .uri("/page")
+            .header("host", "example.com")
+            .header("accept-language", lang)
+            .header("accept-encoding", enc)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, _, first) = send(&router, req("en, de", "gzip, br")).await;
+    let (_, h, same) = send(&router, req("  EN ,   de ", "GZIP,br")).await;
+    assert_eq!((status(&h), same.as_str()), ("HIT", first.as_str()));
+    let (_, _, other) = send(&router, req("en, de", "br, gzip")).await;
+    assert_eq!(other, "body 2", "another order is another variant");
+
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let router = app(
+        &http,
+        calls.clone(),
+        &[("cache-control", "max-age=60"), ("vary", "Cookie")],
+    );
+    let (_, _, a) = send(&router, with("/page", "cookie", "session=abc; theme=dark")).await;
+    let (_, _, b) = send(&router, with("/page", "cookie", "session=abc;theme=dark")).await;
+    let (_, h, a2) = send(&router, with("/page", "cookie", "session=abc; theme=dark")).await;
+    assert_eq!((a.as_str(), b.as_str()), ("body 1", "body 2"));
+    assert_eq!((status(&h), a2.as_str()), ("HIT", "body 1"));
+}
