@@ -249,3 +249,71 @@ async fn purge_by_tag_reaches_another_process_sharing_redis() {
     let cleanup = larder::open(&cache).await.unwrap();
     cleanup.clear().await.unwrap();
 }
+
+/// stale-if-error covers an origin that fails at the transport level, not
+/// only one that answers 5xx: a connection closed before any response,
+/// then a connection refused, both get the stored stale response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_if_error_covers_closed_and_refused_connections() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap().port();
+    let failing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let f = failing.clone();
+    let origin = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            if f.load(Ordering::SeqCst) {
+                drop(conn); // closed before any byte of a response
+                continue;
+            }
+            let mut buf = vec![0u8; 4096];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
+            let body = "the stored page";
+            let _ = conn
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncache-control: max-age=1, stale-if-error=60\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    });
+    let proxy = start_proxy(upstream, "mem://", &[]);
+    let (s, h, b) = tokio::task::spawn_blocking(move || get(proxy.port, "/page"))
+        .await
+        .unwrap();
+    assert_eq!((s, b.as_str()), (200, "the stored page"));
+    assert_eq!(header(&h, "x-larder-cache"), Some("MISS"));
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    failing.store(true, Ordering::SeqCst);
+    let port = proxy.port;
+    let (s, h, b) = tokio::task::spawn_blocking(move || get(port, "/page"))
+        .await
+        .unwrap();
+    assert_eq!((s, b.as_str()), (200, "the stored page"), "{h:?}");
+    assert_eq!(header(&h, "x-larder-cache"), Some("STALE"));
+
+    origin.abort();
+    let _ = origin.await;
+    // The listener is gone with the task: connections are refused now.
+    assert!(std::net::TcpStream::connect(("127.0.0.1", upstream)).is_err());
+    let (s, h, b) = tokio::task::spawn_blocking(move || get(port, "/page"))
+        .await
+        .unwrap();
+    assert_eq!((s, b.as_str()), (200, "the stored page"), "{h:?}");
+    assert_eq!(header(&h, "x-larder-cache"), Some("STALE"));
+    drop(proxy);
+}
