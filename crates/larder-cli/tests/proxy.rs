@@ -317,3 +317,47 @@ async fn stale_if_error_covers_closed_and_refused_connections() {
     assert_eq!(header(&h, "x-larder-cache"), Some("STALE"));
     drop(proxy);
 }
+
+/// `--target-field` and `--cdn` reach the cache: the proxy's own field
+/// decides over `private` and never reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxys_own_target_field_decides_and_is_stripped() {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let upstream = Router::new().route(
+        "/page",
+        routing::get(move || {
+            let c = c.clone();
+            async move {
+                c.fetch_add(1, Ordering::SeqCst);
+                (
+                    [
+                        ("cache-control", "private"),
+                        ("larder-cache-control", "max-age=60"),
+                        ("cdn-cache-control", "max-age=5"),
+                    ],
+                    "for the proxy",
+                )
+            }
+        }),
+    );
+    let upstream = serve(upstream).await;
+    let proxy = start_proxy(
+        upstream,
+        "mem://",
+        &["--target-field", "Larder-Cache-Control", "--cdn"],
+    );
+    let port = proxy.port;
+    let (first, second) =
+        tokio::task::spawn_blocking(move || (get(port, "/page"), get(port, "/page")))
+            .await
+            .unwrap();
+    assert_eq!(header(&second.1, "x-larder-cache"), Some("HIT"));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    for (_, h, _) in [&first, &second] {
+        assert_eq!(header(h, "cache-control"), Some("private"));
+        assert_eq!(header(h, "larder-cache-control"), None);
+        assert_eq!(header(h, "cdn-cache-control"), Some("max-age=5"));
+    }
+    drop(proxy);
+}

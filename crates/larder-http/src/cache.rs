@@ -65,6 +65,7 @@ pub struct HttpCacheBuilder {
     merge_timeout: Duration,
     key_headers: Vec<String>,
     refuse_ambiguous_host: bool,
+    target_fields: Vec<HeaderName>,
 }
 
 impl HttpCacheBuilder {
@@ -158,6 +159,39 @@ impl HttpCacheBuilder {
         self.key_headers.dedup();
         self
     }
+    /// Targeted cache control (RFC 9213): this cache's target list, in
+    /// order of precedence (default empty: `Cache-Control` only). When a
+    /// response carries a field of the list with a valid value (a
+    /// structured-field dictionary, such as `max-age=600,
+    /// stale-while-revalidate=30`), the first such field decides how this
+    /// cache stores and serves it, and the response's `Cache-Control` and
+    /// `Expires` are ignored here (they still reach the client unchanged);
+    /// an invalid one is skipped.
+    ///
+    /// Put your own field first to speak to this cache apart from browsers
+    /// and CDNs (`Larder-Cache-Control`), and [`CDN_CACHE_CONTROL`] when it
+    /// acts as a CDN. The fields of the list are removed before responses
+    /// leave, except `CDN-Cache-Control`, which other CDNs downstream may
+    /// need.
+    ///
+    /// ```
+    /// use http::HeaderName;
+    /// use larder_http::{HttpCache, CDN_CACHE_CONTROL};
+    /// # let store = larder_core::Cache::new(larder_core::DummyBackend);
+    /// let http = HttpCache::builder(store)
+    ///     .target_fields([HeaderName::from_static("larder-cache-control"), CDN_CACHE_CONTROL])
+    ///     .build();
+    /// # let _ = http;
+    /// ```
+    pub fn target_fields(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.target_fields = Vec::new();
+        for n in names {
+            if !self.target_fields.contains(&n) {
+                self.target_fields.push(n);
+            }
+        }
+        self
+    }
     /// Builds the shared state.
     pub fn build(self) -> HttpCache {
         let label = self.cache.name().to_owned();
@@ -174,6 +208,7 @@ impl HttpCacheBuilder {
                 merge_timeout: self.merge_timeout,
                 key_headers: self.key_headers,
                 refuse_ambiguous_host: self.refuse_ambiguous_host,
+                target_fields: self.target_fields,
                 flights: Mutex::new(HashMap::new()),
                 uncacheable: Mutex::new(HashMap::new()),
                 decoded: larder_core::DecodedMemo::new(MEMO_SLOTS, MEMO_ENTRY_BYTES),
@@ -193,6 +228,10 @@ impl HttpCacheBuilder {
         }
     }
 }
+
+/// `CDN-Cache-Control` (RFC 9213 §3): the targeted field for CDN caches,
+/// for [`HttpCacheBuilder::target_fields`].
+pub const CDN_CACHE_CONTROL: HeaderName = HeaderName::from_static("cdn-cache-control");
 
 /// One event counter: a `metrics` counter and an in-process tally for
 /// [`HttpCache::stats`].
@@ -310,6 +349,7 @@ struct Shared {
     merge_timeout: Duration,
     key_headers: Vec<String>,
     refuse_ambiguous_host: bool,
+    target_fields: Vec<HeaderName>,
     flights: Mutex<HashMap<String, watch::Sender<Option<Flight>>>>,
     /// URL key → until when (unix ms) it is known uncacheable.
     uncacheable: Mutex<HashMap<String, u64>>,
@@ -388,6 +428,7 @@ impl HttpCache {
             merge_timeout: DEFAULT_MERGE_TIMEOUT,
             key_headers: Vec::new(),
             refuse_ambiguous_host: false,
+            target_fields: Vec::new(),
         }
     }
 
@@ -514,6 +555,36 @@ impl HttpCache {
                 HeaderValue::from_static(what),
             );
         }
+    }
+
+    /// The headers this cache's policy is read from when a field of its
+    /// target list is present and valid (RFC 9213): the response's with
+    /// that field's value as `Cache-Control` and no `Expires`. Removes the
+    /// list's own fields (all but `CDN-Cache-Control`) from `h`.
+    fn take_targeted(&self, h: &mut HeaderMap) -> Option<HeaderMap> {
+        if self.shared.target_fields.is_empty() {
+            return None;
+        }
+        let mut policy = None;
+        for name in &self.shared.target_fields {
+            if policy.is_none() {
+                if let Some(value) = policy::targeted_value(h, name) {
+                    let mut view = h.clone();
+                    view.remove(header::EXPIRES);
+                    view.insert(header::CACHE_CONTROL, value);
+                    policy = Some(view);
+                }
+            }
+            if *name != CDN_CACHE_CONTROL {
+                h.remove(name);
+            }
+        }
+        if let Some(view) = &mut policy {
+            for name in &self.shared.target_fields {
+                view.remove(name);
+            }
+        }
+        policy
     }
 
     fn strip_tags(&self, h: &mut HeaderMap) -> Vec<String> {
@@ -788,6 +859,7 @@ impl HttpCache {
     fn pass<B>(&self, res: Response<B>, what: &'static str) -> Response<CacheBody<B>> {
         let (mut parts, body) = res.into_parts();
         self.strip_tags(&mut parts.headers);
+        self.take_targeted(&mut parts.headers);
         let mut r = Response::from_parts(parts, CacheBody::inner(body));
         self.mark(&mut r, what);
         r
@@ -960,12 +1032,13 @@ impl HttpCache {
     {
         let (mut parts, body) = res.into_parts();
         let tags = self.strip_tags(&mut parts.headers);
+        let targeted = self.take_targeted(&mut parts.headers);
         let lifetime = match policy::storable(
             &self.shared.rules,
             &Method::GET,
             req_headers,
             parts.status,
-            &parts.headers,
+            targeted.as_ref().unwrap_or(&parts.headers),
         ) {
             Ok(l) => Ok(over.ttl.unwrap_or(l)),
             Err(NotStored::NoFreshness | NotStored::Status)
@@ -1028,6 +1101,7 @@ impl HttpCache {
         let entry = self.entry(
             &parts.status,
             &parts.headers,
+            targeted.as_ref().unwrap_or(&parts.headers),
             req_headers,
             bytes.clone(),
             lifetime,
@@ -1046,13 +1120,14 @@ impl HttpCache {
         &self,
         status: &StatusCode,
         headers: &HeaderMap,
+        policy_headers: &HeaderMap,
         req_headers: &HeaderMap,
         body: Bytes,
         lifetime: Duration,
         requested_at: u64,
         tags: Vec<String>,
     ) -> Option<Entry> {
-        let cc = CacheControl::parse(headers);
+        let cc = CacheControl::parse(policy_headers);
         let grace = millis(self.shared.rules.grace);
         let (swr_ms, sie_ms) = if cc.forbids_stale() {
             (0, 0)

@@ -54,8 +54,8 @@ pub mod policy;
 pub use admin::AdminService;
 pub use body::{BoxError, CacheBody};
 pub use cache::{
-    HttpCache, HttpCacheBuilder, HttpCacheStats, DEFAULT_MAX_BODY, DEFAULT_MERGE_TIMEOUT,
-    DEFAULT_UNCACHEABLE_FOR, STATUS_HEADER,
+    HttpCache, HttpCacheBuilder, HttpCacheStats, CDN_CACHE_CONTROL, DEFAULT_MAX_BODY,
+    DEFAULT_MERGE_TIMEOUT, DEFAULT_UNCACHEABLE_FOR, STATUS_HEADER,
 };
 pub use headers::{cache_control, never_cache, vary_on_cookie, vary_on_headers};
 pub use key::{request_host, HostError};

@@ -96,6 +96,80 @@ impl CacheControl {
     }
 }
 
+/// The value of the targeted field `name` (RFC 9213) as a `Cache-Control`
+/// value, if the response has the field and it is valid: its field lines
+/// joined form a structured-field dictionary (RFC 8941 §3.2). `None` when
+/// absent or invalid (an invalid targeted field is ignored).
+pub fn targeted_value(h: &HeaderMap, name: &HeaderName) -> Option<http::HeaderValue> {
+    let mut joined = String::new();
+    for v in h.get_all(name) {
+        let text = v.to_str().ok()?;
+        if !joined.is_empty() {
+            joined.push_str(", ");
+        }
+        joined.push_str(text);
+    }
+    if joined.trim().is_empty() || !is_sf_dictionary(&joined) {
+        return None;
+    }
+    http::HeaderValue::from_str(&joined).ok()
+}
+
+/// RFC 8941 §3.2, simplified to what cache directives use: members
+/// `key`, `key=item` with `;key=item` parameters, where a key is a
+/// lowercase sf-key and an item an integer, decimal, string, token,
+/// boolean or byte sequence. Inner lists are not accepted.
+fn is_sf_dictionary(text: &str) -> bool {
+    fn is_key(k: &str) -> bool {
+        let mut b = k.bytes();
+        matches!(b.next(), Some(c) if c.is_ascii_lowercase() || c == b'*')
+            && b.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"_-.*".contains(&c))
+    }
+    fn is_item(v: &str) -> bool {
+        let b = v.as_bytes();
+        match b.first() {
+            None => false,
+            Some(b'"') => {
+                b.len() >= 2
+                    && b[b.len() - 1] == b'"'
+                    && b[1..b.len() - 1].iter().all(|&c| (0x20..0x7f).contains(&c))
+            }
+            Some(b'?') => v == "?0" || v == "?1",
+            Some(b':') => b.len() >= 2 && b[b.len() - 1] == b':',
+            Some(c) if c.is_ascii_digit() || *c == b'-' => {
+                let digits = v.strip_prefix('-').unwrap_or(v);
+                let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+                !int.is_empty()
+                    && int.len() <= 15
+                    && int.bytes().all(|c| c.is_ascii_digit())
+                    && frac.len() <= 3
+                    && frac.bytes().all(|c| c.is_ascii_digit())
+                    && (frac.is_empty() != digits.contains('.'))
+            }
+            Some(c) if c.is_ascii_alphabetic() || *c == b'*' => v
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&c)),
+            _ => false,
+        }
+    }
+    fn is_key_maybe_item(m: &str) -> bool {
+        match m.split_once('=') {
+            Some((k, v)) => is_key(k) && is_item(v),
+            None => is_key(m),
+        }
+    }
+    split_directives(text).into_iter().all(|member| {
+        // Members are separated by `,` with optional whitespace; no
+        // whitespace inside a member.
+        let member = member.trim_matches([' ', '\t']);
+        let mut parts = member.split(';');
+        let first = parts.next().unwrap_or("");
+        !first.is_empty()
+            && is_key_maybe_item(first)
+            && parts.all(|p| is_key_maybe_item(p.trim_start_matches(' ')))
+    })
+}
+
 /// Splits on commas outside quoted strings.
 fn split_directives(text: &str) -> Vec<&str> {
     let mut out = Vec::new();

@@ -972,3 +972,109 @@ async fn vary_normalises_list_headers_and_keeps_cookies_exact() {
     assert_eq!((a.as_str(), b.as_str()), ("body 1", "body 2"));
     assert_eq!((status(&h), a2.as_str()), ("HIT", "body 1"));
 }
+
+/// RFC 9213: the first valid field of the target list decides, over
+/// Cache-Control and Expires; the cache's own field never leaves it,
+/// CDN-Cache-Control does; without a target list both are ignored.
+#[tokio::test]
+async fn targeted_cache_control_decides_for_this_cache_only() {
+    use axum::http::HeaderName;
+    use larder_http::CDN_CACHE_CONTROL;
+    let own = HeaderName::from_static("larder-cache-control");
+    let cache_with =
+        |list: Vec<HeaderName>| HttpCache::builder(store()).target_fields(list).build();
+    let run = |http: HttpCache, headers: &'static [(&'static str, &'static str)]| async move {
+        let calls = Arc::new(AtomicU32::new(0));
+        let router = app(&http, calls.clone(), headers);
+        let (_, first, _) = send(&router, get_req("/page")).await;
+        let (_, second, _) = send(&router, get_req("/page")).await;
+        (
+            first,
+            status(&second).to_owned(),
+            calls.load(Ordering::SeqCst),
+        )
+    };
+
+    // Browsers get `private`; this cache keeps it for a minute.
+    let (h, second, calls) = run(
+        cache_with(vec![own.clone(), CDN_CACHE_CONTROL]),
+        &[
+            ("cache-control", "private, max-age=0"),
+            ("larder-cache-control", "max-age=60"),
+            ("cdn-cache-control", "no-store"),
+            ("expires", "0"),
+        ],
+    )
+    .await;
+    assert_eq!((second.as_str(), calls), ("HIT", 1));
+    assert_eq!(
+        h["cache-control"], "private, max-age=0",
+        "the client's field is untouched"
+    );
+    assert!(
+        !h.contains_key("larder-cache-control"),
+        "the own field is stripped"
+    );
+    assert_eq!(
+        h["cdn-cache-control"], "no-store",
+        "CDN-Cache-Control goes on"
+    );
+
+    // The first valid field wins: the own field says no-store.
+    let (_, second, calls) = run(
+        cache_with(vec![own.clone(), CDN_CACHE_CONTROL]),
+        &[
+            ("cache-control", "max-age=60"),
+            ("larder-cache-control", "no-store"),
+            ("cdn-cache-control", "max-age=60"),
+        ],
+    )
+    .await;
+    assert_eq!((second.as_str(), calls), ("MISS", 2));
+
+    // An invalid targeted field (not a structured dictionary: upper case)
+    // is skipped, so CDN-Cache-Control and then Cache-Control decide.
+    let (_, second, calls) = run(
+        cache_with(vec![own.clone(), CDN_CACHE_CONTROL]),
+        &[
+            ("cache-control", "private"),
+            ("larder-cache-control", "Max-Age=60"),
+            ("cdn-cache-control", "max-age=60"),
+        ],
+    )
+    .await;
+    assert_eq!((second.as_str(), calls), ("HIT", 1));
+    let (_, second, calls) = run(
+        cache_with(vec![own.clone()]),
+        &[
+            ("cache-control", "private"),
+            ("larder-cache-control", "max-age=60;"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (second.as_str(), calls),
+        ("MISS", 2),
+        "invalid: Cache-Control's private applies"
+    );
+
+    // Not configured: the targeted fields are ordinary headers.
+    let (h, second, calls) = run(
+        HttpCache::builder(store()).build(),
+        &[
+            ("cache-control", "private"),
+            ("cdn-cache-control", "max-age=60"),
+        ],
+    )
+    .await;
+    assert_eq!((second.as_str(), calls), ("MISS", 2));
+    assert_eq!(h["cdn-cache-control"], "max-age=60");
+
+    // A request with Authorization is still never stored.
+    let http = cache_with(vec![CDN_CACHE_CONTROL]);
+    let calls = Arc::new(AtomicU32::new(0));
+    let router = app(&http, calls.clone(), &[("cdn-cache-control", "max-age=60")]);
+    send(&router, with("/page", "authorization", "Bearer a")).await;
+    send(&router, with("/page", "authorization", "Bearer b")).await;
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+}

@@ -145,6 +145,16 @@ pub struct ProxyArgs {
     /// headers the upstream reads that its responses do not name in Vary.
     #[arg(long = "key-header", value_name = "NAME")]
     key_headers: Vec<String>,
+    /// A response header that speaks to this proxy alone (RFC 9213
+    /// targeted cache control, e.g. Larder-Cache-Control): when present
+    /// and valid it decides over Cache-Control here, and it is removed
+    /// before the response leaves.
+    #[arg(long = "target-field", value_name = "NAME")]
+    target_field: Option<String>,
+    /// Act as a CDN: honour CDN-Cache-Control (RFC 9213) over
+    /// Cache-Control (after --target-field, if given).
+    #[arg(long)]
+    cdn: bool,
     /// Seconds a URL whose response could not be stored is remembered as
     /// uncacheable, so its requests go to the upstream in parallel (0: off).
     #[arg(long, default_value_t = 60)]
@@ -207,11 +217,22 @@ pub fn run(mut args: ProxyArgs, config: Option<&str>) -> Result<(), CliError> {
                 .map_err(|_| CliError::usage(format!("--key-header {n:?} is not a header name")))
         })
         .collect::<Result<Vec<_>, _>>()?;
+    let mut target_fields = Vec::new();
+    if let Some(n) = &args.target_field {
+        target_fields.push(
+            HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                CliError::usage(format!("--target-field {n:?} is not a header name"))
+            })?,
+        );
+    }
+    if args.cdn {
+        target_fields.push(larder_http::CDN_CACHE_CONTROL);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
-    rt.block_on(serve(args, upstream, token, key_headers))
+    rt.block_on(serve(args, upstream, token, key_headers, target_fields))
 }
 
 /// The admin token from --admin-token-file or $LARDER_ADMIN_TOKEN.
@@ -238,6 +259,7 @@ async fn serve(
     upstream: Uri,
     token: Option<Arc<str>>,
     key_headers: Vec<HeaderName>,
+    target_fields: Vec<HeaderName>,
 ) -> Result<(), CliError> {
     // Before the cache is built: its counters register with the recorder.
     let dashboard = larder_dashboard::Dashboard::new();
@@ -255,6 +277,7 @@ async fn serve(
         .honor_request_cache_control(args.honor_client_cache_control)
         .uncacheable_for(Duration::from_secs(args.uncacheable_for))
         .key_headers(key_headers)
+        .target_fields(target_fields)
         .refuse_ambiguous_host(true)
         // A waiting request never waits longer than the one it waits for
         // can take to get its head and one body gap.
