@@ -91,8 +91,11 @@ impl HttpCacheBuilder {
         self.rules.grace = grace;
         self
     }
-    /// Largest body stored (default 1 MiB). Larger bodies, and bodies
-    /// whose length is unknown (streams), pass through uncached.
+    /// Largest body stored (default 1 MiB). Larger bodies pass through
+    /// uncached. A body of unknown length (chunked, a stream) is streamed
+    /// to the client as it comes while a copy is kept; it is stored if the
+    /// stream ends whole within this limit, and the copy is dropped (the
+    /// response goes on) once it passes it, on an error or on trailers.
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.max_body = n;
         self
@@ -1073,7 +1076,9 @@ impl HttpCache {
                 return (r, outcome);
             }
         };
-        // Only bodies of known, small enough length are buffered.
+        // Bodies of known, small enough length are buffered; bodies of
+        // unknown length (chunked, streamed) are streamed to the client
+        // while a copy is kept, stored if the stream ends within the limit.
         let len = body.size_hint().exact().or_else(|| {
             parts
                 .headers
@@ -1081,7 +1086,36 @@ impl HttpCache {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|s| s.parse().ok())
         });
-        if len.is_none_or(|n| n > self.shared.max_body as u64) {
+        if len.is_none() {
+            let this = self.clone();
+            let (status, headers) = (parts.status, parts.headers.clone());
+            let policy_headers = targeted;
+            let req_headers = req_headers.clone();
+            let pkey = pkey.to_owned();
+            let on_complete = Box::new(move |bytes: Bytes| {
+                let policy = policy_headers.as_ref().unwrap_or(&headers);
+                let entry = this.entry(
+                    &status,
+                    &headers,
+                    policy,
+                    &req_headers,
+                    bytes,
+                    lifetime,
+                    requested_at,
+                    tags,
+                );
+                if let Some(entry) = entry {
+                    tokio::spawn(async move { this.put(&pkey, &entry).await });
+                }
+            });
+            let body = CacheBody::tee(body, self.shared.max_body, on_complete);
+            let mut r = Response::from_parts(parts, body);
+            self.mark(&mut r, "MISS");
+            // Not shared with waiting requests: they go themselves, and
+            // hit once the copy is stored.
+            return (r, Outcome::NotShared);
+        }
+        if len.is_some_and(|n| n > self.shared.max_body as u64) {
             let mut r = Response::from_parts(parts, CacheBody::inner(body));
             self.mark(&mut r, "MISS");
             return (r, Outcome::Uncacheable);

@@ -374,14 +374,44 @@ async fn tags_are_stripped_and_purge_removes_tagged_responses() {
 }
 
 #[tokio::test]
-async fn streamed_and_oversized_bodies_pass_through_uncached() {
+async fn streamed_bodies_are_stored_within_the_limit_and_passed_whole_past_it() {
     let http = HttpCache::builder(store()).max_body_bytes(10).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let stream_of = |parts: Vec<&'static str>| {
+        Body::from_stream(futures_util::stream::iter(
+            parts.into_iter().map(Ok::<_, std::io::Error>),
+        ))
+    };
+    let counted = calls.clone();
     let app = Router::new()
         .route(
             "/stream",
+            get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    (
+                        [("cache-control", "max-age=60")],
+                        stream_of(vec!["ab", "cd"]),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/long-stream",
+            get(move || async move {
+                (
+                    [("cache-control", "max-age=60")],
+                    stream_of(vec!["0123456", "789abcdef"]),
+                )
+            }),
+        )
+        .route(
+            "/broken-stream",
             get(|| async {
-                let chunks =
-                    futures_util::stream::iter(vec![Ok::<_, std::io::Error>("a"), Ok("b")]);
+                let chunks = futures_util::stream::iter(vec![
+                    Ok::<_, std::io::Error>("ab"),
+                    Err(std::io::Error::other("origin went away")),
+                ]);
                 ([("cache-control", "max-age=60")], Body::from_stream(chunks))
             }),
         )
@@ -390,11 +420,47 @@ async fn streamed_and_oversized_bodies_pass_through_uncached() {
             get(|| async { ([("cache-control", "max-age=60")], "x".repeat(100)) }),
         )
         .layer(http.layer());
-    for path in ["/stream", "/big"] {
-        send(&app, get_req(path)).await;
-        let (_, h, b) = send(&app, get_req(path)).await;
-        assert_eq!(status(&h), "MISS", "{path}");
-        assert!(!b.is_empty());
+
+    // Chunked and small: streamed to the first client, stored, then hits.
+    let (_, h, b) = send(&app, get_req("/stream")).await;
+    assert_eq!((status(&h), b.as_str()), ("MISS", "abcd"));
+    let mut hit = false;
+    for _ in 0..50 {
+        let (_, h, b) = send(&app, get_req("/stream")).await;
+        assert_eq!(b, "abcd");
+        if status(&h) == "HIT" {
+            hit = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(hit, "the streamed copy was stored");
+    let origin_calls = calls.load(Ordering::SeqCst);
+    let (_, h, _) = send(&app, get_req("/stream")).await;
+    assert_eq!(status(&h), "HIT");
+    assert_eq!(calls.load(Ordering::SeqCst), origin_calls);
+
+    // Past the limit: the client gets all of it, nothing is stored.
+    for _ in 0..2 {
+        let (_, h, b) = send(&app, get_req("/long-stream")).await;
+        assert_eq!((status(&h), b.as_str()), ("MISS", "0123456789abcdef"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A stream that breaks off is never stored (the client sees the error).
+    for _ in 0..2 {
+        let res: Response = app
+            .clone()
+            .oneshot(get_req("/broken-stream"))
+            .await
+            .unwrap();
+        assert_eq!(status(res.headers()), "MISS");
+        assert!(res.into_body().collect().await.is_err());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A known length over the limit: passed through, not stored.
+    for _ in 0..2 {
+        let (_, h, b) = send(&app, get_req("/big")).await;
+        assert_eq!((status(&h), b.len()), ("MISS", 100));
     }
 }
 
