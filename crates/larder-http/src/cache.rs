@@ -21,6 +21,7 @@ use crate::body::{BoxError, CacheBody};
 use crate::entry::{ByteBuf, Decoded, Entry, Ready, Stored};
 use crate::key;
 use crate::policy::{self, CacheControl, NotStored, Rules};
+use crate::range;
 
 /// The response header saying what the cache did: `HIT`, `MISS`, `STALE`,
 /// `REVALIDATED`, `BYPASS`.
@@ -324,6 +325,11 @@ impl Outcome {
     fn of_refusal(why: NotStored, status: StatusCode) -> Outcome {
         if matches!(status.as_u16(), 502..=504) {
             return Outcome::Failed(status);
+        }
+        // A partial response answers this request's Range only: not a
+        // reason to treat the URL as uncacheable.
+        if status == StatusCode::PARTIAL_CONTENT {
+            return Outcome::NotShared;
         }
         match why {
             NotStored::Method
@@ -853,10 +859,39 @@ impl HttpCache {
             Some(ready) => ready.response(now, with_body),
             None => entry.response(now, with_body),
         };
+        let response = match self.ranges_asked(entry, req, method) {
+            Some(ranges) => range::answer(response, &ranges),
+            None => response,
+        };
         let (parts, body) = response.into_parts();
         let mut r = Response::from_parts(parts, CacheBody::full(body));
         self.mark(&mut r, what);
         r
+    }
+
+    /// The byte ranges a GET asks of a stored complete (200) response,
+    /// when it asks for some and `If-Range` lets them go out.
+    fn ranges_asked(
+        &self,
+        entry: &Entry,
+        req: &HeaderMap,
+        method: &Method,
+    ) -> Option<range::Ranges> {
+        let value = req.get(header::RANGE)?;
+        if *method != Method::GET || entry.status != 200 {
+            return None;
+        }
+        let ranges = range::parse(value.to_str().ok()?, entry.body.0.len() as u64);
+        if ranges == range::Ranges::Whole
+            || !range::if_range_allows(
+                req,
+                entry.header_str("etag"),
+                entry.header_str("last-modified"),
+            )
+        {
+            return None;
+        }
+        Some(ranges)
     }
 
     fn pass<B>(&self, res: Response<B>, what: &'static str) -> Response<CacheBody<B>> {

@@ -50,6 +50,7 @@ pub mod headers;
 mod key;
 mod layer;
 pub mod policy;
+mod range;
 
 pub use admin::AdminService;
 pub use body::{BoxError, CacheBody};

@@ -1144,3 +1144,152 @@ async fn targeted_cache_control_decides_for_this_cache_only() {
     send(&router, with("/page", "authorization", "Bearer b")).await;
     assert_eq!(calls.load(Ordering::SeqCst), 2);
 }
+
+/// Byte ranges from a stored complete response (RFC 9110 §14): one range,
+/// several (multipart/byteranges), suffix and open ranges, 416, If-Range;
+/// a 206 from the origin passes through without making the URL
+/// uncacheable; a private response is never ranged from the cache.
+#[tokio::test]
+async fn byte_ranges_are_answered_from_a_stored_response() {
+    let http = HttpCache::builder(store()).build();
+    let calls = Arc::new(AtomicU32::new(0));
+    let counted = calls.clone();
+    let private_calls = Arc::new(AtomicU32::new(0));
+    let pc = private_calls.clone();
+    let router = Router::new()
+        .route(
+            "/file",
+            get(move || {
+                counted.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    (
+                        [
+                            ("cache-control", "max-age=60"),
+                            ("etag", "\"v1\""),
+                            ("content-type", "text/plain"),
+                        ],
+                        "0123456789abcdefghij",
+                    )
+                }
+            }),
+        )
+        .route(
+            "/partial",
+            get(|headers: HeaderMap| async move {
+                if headers.contains_key("range") {
+                    (
+                        StatusCode::PARTIAL_CONTENT,
+                        [
+                            ("cache-control", "max-age=60"),
+                            ("content-range", "bytes 0-1/4"),
+                        ],
+                        "ab",
+                    )
+                        .into_response()
+                } else {
+                    ([("cache-control", "max-age=60")], "abcd").into_response()
+                }
+            }),
+        )
+        .route(
+            "/private",
+            get(move || {
+                pc.fetch_add(1, Ordering::SeqCst);
+                async move { ([("cache-control", "private, max-age=60")], "secret-data") }
+            }),
+        )
+        .layer(http.layer());
+    let ranged = |path: &str, range: &str| with(path, "range", range);
+
+    assert_eq!(send(&router, get_req("/file")).await.0, StatusCode::OK);
+    let (s, h, b) = send(&router, ranged("/file", "bytes=0-3")).await;
+    assert_eq!(
+        (s, b.as_str(), status(&h)),
+        (StatusCode::PARTIAL_CONTENT, "0123", "HIT")
+    );
+    assert_eq!(h["content-range"], "bytes 0-3/20");
+    assert_eq!(h["content-length"], "4");
+    let (s, h, b) = send(&router, ranged("/file", "bytes=-5")).await;
+    assert_eq!((s, b.as_str()), (StatusCode::PARTIAL_CONTENT, "fghij"));
+    assert_eq!(h["content-range"], "bytes 15-19/20");
+    let (_, _, b) = send(&router, ranged("/file", "bytes=18-")).await;
+    assert_eq!(b, "ij");
+
+    let (s, h, b) = send(&router, ranged("/file", "bytes=0-1, 10-11")).await;
+    assert_eq!(s, StatusCode::PARTIAL_CONTENT);
+    let ct = h["content-type"].to_str().unwrap().to_owned();
+    let boundary = ct
+        .strip_prefix("multipart/byteranges; boundary=")
+        .expect(&ct);
+    assert_eq!(h["content-length"].to_str().unwrap(), b.len().to_string());
+    assert!(
+        b.contains("content-range: bytes 0-1/20\r\n\r\n01\r\n"),
+        "{b}"
+    );
+    assert!(
+        b.contains("content-range: bytes 10-11/20\r\n\r\nab\r\n"),
+        "{b}"
+    );
+    assert!(b.contains("content-type: text/plain"), "{b}");
+    assert!(b.ends_with(&format!("\r\n--{boundary}--\r\n")), "{b}");
+
+    let (s, h, b) = send(&router, ranged("/file", "bytes=20-")).await;
+    assert_eq!((s, b.as_str()), (StatusCode::RANGE_NOT_SATISFIABLE, ""));
+    assert_eq!(h["content-range"], "bytes */20");
+
+    // Invalid or not bytes: the whole response.
+    for r in ["bytes=5-1", "lines=0-1", "bytes=x"] {
+        let (s, _, b) = send(&router, ranged("/file", r)).await;
+        assert_eq!((s, b.len()), (StatusCode::OK, 20), "{r}");
+    }
+    // If-Range: the ranges only for the representation named.
+    let if_range = |tag: &str| {
+        Request::builder()
+            .uri("/file")
+            .header("host", "example.com")
+            .header("range", "bytes=0-1")
+            .header("if-range", tag)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(send(&router, if_range("\"v1\"")).await.2, "01");
+    let (s, _, b) = send(&router, if_range("\"v0\"")).await;
+    assert_eq!((s, b.len()), (StatusCode::OK, 20));
+    // HEAD ignores Range.
+    let head = Request::builder()
+        .method("HEAD")
+        .uri("/file")
+        .header("host", "example.com")
+        .header("range", "bytes=0-1")
+        .body(Body::empty())
+        .unwrap();
+    let (s, h, _) = send(&router, head).await;
+    assert_eq!(
+        (s, &h["content-length"]),
+        (StatusCode::OK, &HeaderValue::from_static("20"))
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "all from the one stored response"
+    );
+
+    // The origin's own 206 passes through and does not make the URL
+    // uncacheable: the next plain GET is stored.
+    let (s, h, b) = send(&router, ranged("/partial", "bytes=0-1")).await;
+    assert_eq!(
+        (s, b.as_str(), status(&h)),
+        (StatusCode::PARTIAL_CONTENT, "ab", "MISS")
+    );
+    send(&router, get_req("/partial")).await;
+    let (_, h, b) = send(&router, get_req("/partial")).await;
+    assert_eq!((status(&h), b.as_str()), ("HIT", "abcd"));
+
+    // Private: never stored, so never ranged from the cache.
+    for _ in 0..2 {
+        let (s, h, b) = send(&router, ranged("/private", "bytes=0-1")).await;
+        assert_eq!((s, b.as_str()), (StatusCode::OK, "secret-data"));
+        assert_ne!(status(&h), "HIT");
+    }
+    assert_eq!(private_calls.load(Ordering::SeqCst), 2);
+}
