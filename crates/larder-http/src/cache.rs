@@ -468,6 +468,22 @@ impl HttpCache {
         self.shared.counters.invalidated.increment(1);
         let pkey = key::primary(&host.to_ascii_lowercase(), uri);
         self.forget_uncacheable(&pkey);
+        // Recorded before the delete: a response whose request started
+        // before this purge and that is stored after it (a slow or
+        // streamed body) sees the record once written and removes itself
+        // (see `put`), so the purge wins the race.
+        if let Err(e) = self
+            .shared
+            .cache
+            .set(
+                &key::url_purge(&pkey),
+                &unix_ms(),
+                Ttl::After(PURGE_RACE_WINDOW),
+            )
+            .await
+        {
+            tracing::debug!(error = %e, "http cache: URL purge record not written");
+        }
         self.shared.cache.delete(&pkey).await
     }
 
@@ -1312,6 +1328,22 @@ impl HttpCache {
                 Err(e) => Err(e),
             }
         };
+        // A purge of this URL since the request started wins: it wrote its
+        // record before deleting, so either its delete came after our
+        // write or we see the record now.
+        if r.is_ok() {
+            if let Ok(Some(at)) = cache.get::<u64>(&key::url_purge(pkey)).await {
+                if at >= entry.requested_at_ms {
+                    tracing::debug!(
+                        "http cache: URL purged while the response was fetched; not kept"
+                    );
+                    if let Err(e) = cache.delete(pkey).await {
+                        tracing::warn!(error = %e, "http cache: could not undo a store that raced a purge");
+                    }
+                    return;
+                }
+            }
+        }
         if r.is_ok() && !entry.tags.is_empty() {
             self.note_tags(&entry.tags, Self::keep_for(entry)).await;
         }

@@ -202,6 +202,11 @@ pub fn tag(tag: &str) -> String {
     digest("t:", &[tag.as_bytes()])
 }
 
+/// The key holding when the URL of primary key `pkey` was last purged.
+pub fn url_purge(pkey: &str) -> String {
+    digest("p:", &[pkey.as_bytes()])
+}
+
 /// The key holding until when a stored response carries a tag.
 pub fn tag_seen(tag: &str) -> String {
     digest("s:", &[tag.as_bytes()])

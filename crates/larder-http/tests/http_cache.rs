@@ -1293,3 +1293,45 @@ async fn byte_ranges_are_answered_from_a_stored_response() {
     }
     assert_eq!(private_calls.load(Ordering::SeqCst), 2);
 }
+
+/// A URL purge that lands while a response for that URL is still being
+/// fetched (here a streamed body, stored when it ends) wins: the late
+/// store removes itself, and the next request gets the origin's new page.
+#[tokio::test]
+async fn a_url_purge_during_a_streamed_fetch_wins_over_its_store() {
+    let http = HttpCache::builder(store()).build();
+    let (tx, rx) = tokio::sync::mpsc::channel::<&'static str>(4);
+    let first = Arc::new(std::sync::Mutex::new(Some(rx)));
+    let router = Router::new()
+        .route(
+            "/page",
+            get(move || {
+                let first = first.clone();
+                async move {
+                    let headers = [("cache-control", "max-age=60")];
+                    match first.lock().unwrap().take() {
+                        Some(rx) => {
+                            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                                rx.recv().await.map(|c| (Ok::<_, std::io::Error>(c), rx))
+                            });
+                            (headers, Body::from_stream(stream)).into_response()
+                        }
+                        None => (headers, "new page").into_response(),
+                    }
+                }
+            }),
+        )
+        .layer(http.layer());
+    let res: Response = router.clone().oneshot(get_req("/page")).await.unwrap();
+    assert_eq!(status(res.headers()), "MISS");
+    let body = tokio::spawn(async move { res.into_body().collect().await.unwrap().to_bytes() });
+    tx.send("old page").await.unwrap();
+    // The page changed: the application purges while the old one streams.
+    let uri: axum::http::Uri = "/page".parse().unwrap();
+    http.purge_url("example.com", &uri).await.unwrap();
+    drop(tx);
+    assert_eq!(body.await.unwrap(), "old page");
+    tokio::time::sleep(Duration::from_millis(100)).await; // the copy's store
+    let (_, h, b) = send(&router, get_req("/page")).await;
+    assert_eq!((status(&h), b.as_str()), ("MISS", "new page"));
+}
