@@ -117,10 +117,10 @@ impl Generations {
         let found = self.cache.get_many_raw(keys).await?;
         let mut out = Vec::with_capacity(keys.len());
         for (k, raw) in keys.iter().zip(found) {
-            let readable = match raw.as_deref().map(larder_core::envelope::decode::<u64>) {
-                Some(Ok((g, _))) if g != 0 => Some(g),
+            let readable = match raw.as_deref().map(decode_generation) {
+                Some(Some(g)) => Some(g),
                 None => None,
-                Some(_) => {
+                Some(None) => {
                     tracing::warn!(key = %k, "query cache: unreadable table generation; replacing it");
                     let g = fastrand_gen();
                     self.cache.set(k, &g, self.ttl_of(k)).await?;
@@ -180,6 +180,15 @@ impl Generations {
                 format!("could not bump {failed:?}"),
             ))
         }
+    }
+}
+
+/// A stored generation's value; `None` when the bytes are not one
+/// (garbage, another type, or 0, which no generation is).
+pub(crate) fn decode_generation(bytes: &[u8]) -> Option<u64> {
+    match larder_core::envelope::decode::<u64>(bytes) {
+        Ok((g, _)) if g != 0 => Some(g),
+        _ => None,
     }
 }
 

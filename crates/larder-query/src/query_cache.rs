@@ -430,12 +430,7 @@ where
         let stamped = raw.pop().flatten();
         let gens: Option<Vec<u64>> = raw
             .iter()
-            .map(
-                |r| match r.as_deref().map(larder_core::envelope::decode::<u64>) {
-                    Some(Ok((g, _))) if g != 0 => Some(g),
-                    _ => None,
-                },
-            )
+            .map(|r| r.as_deref().and_then(generations::decode_generation))
             .collect();
         let gens = match gens {
             Some(g) => g,
