@@ -62,7 +62,7 @@ pub use fragment::fragment_key;
 pub use key::{KeyFn, KeyPolicy, MAX_KEY_BYTES};
 pub use memo::DecodedMemo;
 pub use near::{BusEvent, BusMessage, Invalidation, InvalidationBus, NearBackend};
-pub use time::{unix_ms, unix_ms_i64, MonotonicMs};
+pub use time::{unix_ms, unix_ms_i64, unix_us, MonotonicMs};
 pub use ttl::{Expiry, Resolved, Ttl};
 pub use url::CacheUrl;
 pub use url::UrlOptions;

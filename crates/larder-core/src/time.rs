@@ -7,6 +7,15 @@ pub fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Now, in Unix microseconds (0 if the clock is before 1970): for
+/// ordering events that can fall in one millisecond (a purge and the
+/// request right after it).
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
 /// [`unix_ms`] as the `i64` SQL columns hold.
 pub fn unix_ms_i64() -> i64 {
     i64::try_from(unix_ms()).unwrap_or(i64::MAX)

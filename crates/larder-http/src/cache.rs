@@ -47,7 +47,7 @@ const UNCACHEABLE_CAP: usize = 65_536;
 /// after it and still be refused.
 const PURGE_RACE_WINDOW: Duration = Duration::from_secs(120);
 
-use larder_core::unix_ms;
+use larder_core::{unix_ms, unix_us};
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
@@ -477,7 +477,7 @@ impl HttpCache {
             .cache
             .set(
                 &key::url_purge(&pkey),
-                &unix_ms(),
+                &unix_us(),
                 Ttl::After(PURGE_RACE_WINDOW),
             )
             .await
@@ -510,7 +510,10 @@ impl HttpCache {
         let keep = until.map_or(PURGE_RACE_WINDOW, |u| {
             Duration::from_millis(u - now).max(PURGE_RACE_WINDOW)
         });
-        cache.set(&key::tag(tag), &now, Ttl::After(keep)).await?;
+        // The record is in µs, as the entries' request times are.
+        cache
+            .set(&key::tag(tag), &unix_us(), Ttl::After(keep))
+            .await?;
         Ok(until.is_some())
     }
 
@@ -793,7 +796,7 @@ impl HttpCache {
             for (tag, record) in entry.tags.iter().zip(records) {
                 let Some(bytes) = record else { continue };
                 match larder_core::envelope::decode::<u64>(&bytes) {
-                    Ok((at, _)) => purged |= at >= entry.requested_at_ms,
+                    Ok((at, _)) => purged |= at >= entry.requested_at_us,
                     Err(e) => {
                         // An unreadable purge record means "purged": never
                         // serve what it may have removed; and it is
@@ -997,7 +1000,7 @@ impl HttpCache {
         ResB: Body<Data = Bytes> + Send + 'static,
         ResB::Error: Into<BoxError>,
     {
-        let requested_at = unix_ms();
+        let requested_at = unix_us();
         let req_headers = req.headers().clone();
         let head = req.method() == Method::HEAD;
         let res = inner.oneshot(req).await?;
@@ -1050,7 +1053,7 @@ impl HttpCache {
             pkey: pkey.clone(),
             outcome: Some(Flight::NotShared),
         };
-        let requested_at = unix_ms();
+        let requested_at = unix_us();
         let req_headers = req.headers().clone();
         let method = req.method().clone();
         let res = match inner.oneshot(req).await {
@@ -1259,7 +1262,7 @@ impl HttpCache {
             headers: stored,
             body: ByteBuf(body.to_vec()),
             stored_at_ms: unix_ms(),
-            requested_at_ms: requested_at,
+            requested_at_us: requested_at,
             initial_age,
             lifetime_ms: millis(lifetime),
             swr_ms,
@@ -1333,7 +1336,7 @@ impl HttpCache {
         // write or we see the record now.
         if r.is_ok() {
             if let Ok(Some(at)) = cache.get::<u64>(&key::url_purge(pkey)).await {
-                if at >= entry.requested_at_ms {
+                if at >= entry.requested_at_us {
                     tracing::debug!(
                         "http cache: URL purged while the response was fetched; not kept"
                     );
@@ -1441,7 +1444,7 @@ impl HttpCache {
         let client_headers = req.headers().clone();
         let method = req.method().clone();
         add_validators(req.headers_mut(), &entry);
-        let requested_at = unix_ms();
+        let requested_at = unix_us();
         let now = unix_ms();
         let within_sie = entry.age(now) < entry.lifetime() + Duration::from_millis(entry.sie_ms);
         let res = match inner.oneshot(req).await {

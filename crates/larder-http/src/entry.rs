@@ -81,9 +81,10 @@ pub(crate) struct Entry {
     pub body: ByteBuf,
     /// When it was received, unix ms.
     pub stored_at_ms: u64,
-    /// When the request that produced it started, unix ms (tag purges
-    /// after that instant make it invalid).
-    pub requested_at_ms: u64,
+    /// When the request that produced it started, unix µs (URL and tag
+    /// purges at or after that instant make it invalid; µs, not ms, so a
+    /// request right after a purge is not taken for one it raced).
+    pub requested_at_us: u64,
     /// Age the origin or an upstream cache reported, seconds.
     pub initial_age: u64,
     pub lifetime_ms: u64,
