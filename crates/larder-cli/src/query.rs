@@ -10,7 +10,8 @@ pub const EXAMPLES: &str = "\
 Examples:
   larder query install --database postgres://app@127.0.0.1/app --tables post,comment,users
   larder query install --database sqlite:///var/lib/app/app.db --tables post --dry-run
-  larder query install --database mysql://root@127.0.0.1/app --tables post";
+  larder query install --database mysql://root@127.0.0.1/app --tables post
+  larder query install --database postgres://app@127.0.0.1/app --tables comment --no-notify";
 
 #[derive(Args, Debug)]
 pub struct QueryArgs {
@@ -40,6 +41,13 @@ struct InstallArgs {
     /// name the columns, read from the catalog).
     #[arg(long)]
     dry_run: bool,
+    /// PostgreSQL: leave out the NOTIFY each writing transaction sends.
+    /// Writers then do not queue on the server's notification lock (more
+    /// write throughput under concurrency), and the application must poll
+    /// (`watch_outside_writes`): outside writes are seen within one
+    /// polling interval.
+    #[arg(long)]
+    no_notify: bool,
 }
 
 fn dialect_of(url: &str) -> Result<SqlDialect, CliError> {
@@ -57,6 +65,11 @@ fn dialect_of(url: &str) -> Result<SqlDialect, CliError> {
 pub fn run(args: QueryArgs) -> Result<(), CliError> {
     let QueryCommand::Install(a) = args.command;
     let dialect = dialect_of(&a.database)?;
+    let wakeup = if a.no_notify {
+        larder_query::Wakeup::Poll
+    } else {
+        larder_query::Wakeup::Notify
+    };
     let tables: Vec<&str> = a
         .tables
         .iter()
@@ -78,7 +91,7 @@ pub fn run(args: QueryArgs) -> Result<(), CliError> {
             ($pool:expr) => {{
                 let pool = $pool;
                 if a.dry_run {
-                    larder_query::install_plan(&pool, dialect, &tables)
+                    larder_query::install_plan(&pool, dialect, &tables, wakeup)
                         .await
                         .map(|statements| {
                             for s in &statements {
@@ -86,7 +99,7 @@ pub fn run(args: QueryArgs) -> Result<(), CliError> {
                             }
                         })
                 } else {
-                    larder_query::install(&pool, dialect, &tables).await
+                    larder_query::install_with(&pool, dialect, &tables, wakeup).await
                 }
             }};
         }

@@ -1,10 +1,12 @@
 //! Benchmark: how long after an outside write commits until no cached read
 //! returns the old result, with PostgreSQL logical replication and with
-//! the triggers' NOTIFY (issue 15).
+//! the triggers' NOTIFY, and with triggers polled without NOTIFY
+//! (issue 15).
 //!
 //! ```text
 //! cargo run --release -p larder-query --example visibility_bench -- logical postgres://postgres@127.0.0.1:25432/test
 //! cargo run --release -p larder-query --example visibility_bench -- notify  postgres://postgres@127.0.0.1:25432/test
+//! cargo run --release -p larder-query --example visibility_bench -- poll=20 postgres://postgres@127.0.0.1:25432/test
 //! ```
 //!
 //! Each of 300 rounds: read post X through the cache (cached), update one
@@ -37,6 +39,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let qc = QueryCache::new(pool.clone(), store, SqlDialect::Postgres, Ttl::secs(600));
     let config = LogicalConfig::new(&url, "larder_vis", "larder_vis", ["vis_rows"])?;
     let watch = match mode.as_str() {
+        poll if poll.starts_with("poll=") => {
+            let ms: u64 = poll["poll=".len()..]
+                .parse()
+                .map_err(|_| format!("{poll}: poll=MILLISECONDS"))?;
+            larder_query::install_with(
+                &pool,
+                SqlDialect::Postgres,
+                &["vis_rows"],
+                larder_query::Wakeup::Poll,
+            )
+            .await?;
+            qc.watch_outside_writes(Duration::from_millis(ms))
+        }
         "logical" => {
             larder_changes::logical::ensure_slot(&config).await?;
             qc.watch_replication(config.clone())
@@ -45,7 +60,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             larder_query::install(&pool, SqlDialect::Postgres, &["vis_rows"]).await?;
             qc.watch_postgres(&url)
         }
-        other => return Err(format!("mode {other:?}: use logical or notify").into()),
+        other => return Err(format!("mode {other:?}: use logical, notify or poll=MS").into()),
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
     let read = "SELECT CAST(SUM(n) AS BIGINT) FROM vis_rows WHERE post_id = $1";

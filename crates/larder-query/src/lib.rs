@@ -37,7 +37,7 @@ pub use generations::Generations;
 pub use larder_changes::logical::LogicalConfig;
 #[cfg(feature = "postgres")]
 pub use outside::listen_postgres;
-pub use outside::{install, install_plan, install_sql, CHANGE_LOG, CHANNEL};
+pub use outside::{install, install_plan, install_sql, install_with, Wakeup, CHANGE_LOG, CHANNEL};
 pub use param::{Bind, BindParam};
 pub use query_cache::{
     CacheableDb, CachedTransaction, OutsideWrites, Param, QueryCache, QueryStats, RowsAffected,

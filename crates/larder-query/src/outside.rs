@@ -10,9 +10,11 @@
 //! ever skipping a transaction that commits late is
 //! [`larder_changes::changelog::LogCursor`].
 //!
-//! On PostgreSQL each write also sends `NOTIFY larder_changes`, so a
-//! listener reads the log at once ([`QueryCache::watch_postgres`]);
-//! elsewhere the application polls ([`QueryCache::watch_outside_writes`]).
+//! On PostgreSQL each write also sends `NOTIFY larder_changes` by default
+//! ([`Wakeup::Notify`]), so a listener reads the log at once
+//! ([`QueryCache::watch_postgres`]); elsewhere, or installed with
+//! [`Wakeup::Poll`], the application polls
+//! ([`QueryCache::watch_outside_writes`]).
 //!
 //! Bound: a committed write from outside is seen after at most one poll
 //! interval (with a listener, one notification delivery). `TRUNCATE` fires
@@ -42,12 +44,52 @@ pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
 /// How often a reader prunes the change log.
 pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How the query cache's readers learn that an outside write was logged
+/// (PostgreSQL; the other databases have no notifications: readers poll).
+///
+/// A `NOTIFY` is cheap for a reader and costs writers: PostgreSQL queues
+/// every notifying transaction's commit behind one server-wide lock, so
+/// under concurrent writes the notification, not the logged row, is the
+/// larger part of what capture costs (docs/BENCHMARKS.md, "write cost of
+/// change capture"). Without it a reader learns of a write only when it
+/// next polls: the visibility bound becomes the polling interval, and
+/// every polling process sends the database one indexed read per
+/// interval.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Each transaction that writes a captured table also sends
+    /// `NOTIFY larder_changes`: [`QueryCache::watch_postgres`] reads the
+    /// log as soon as it commits.
+    ///
+    /// [`QueryCache::watch_postgres`]: crate::QueryCache::watch_postgres
+    #[default]
+    Notify,
+    /// No notification: readers poll the log
+    /// ([`QueryCache::watch_outside_writes`], e.g. every 20 ms), and
+    /// writers do not queue on the notification lock.
+    ///
+    /// [`QueryCache::watch_outside_writes`]: crate::QueryCache::watch_outside_writes
+    Poll,
+}
+
+impl Wakeup {
+    fn channel(self) -> Option<&'static str> {
+        match self {
+            Wakeup::Notify => Some(CHANNEL),
+            Wakeup::Poll => None,
+        }
+    }
+}
+
 /// How the query cache's triggers write.
-const SINK: Sink<'static> = Sink {
-    prefix: "larder_qc",
-    table: CHANGE_LOG,
-    notify: Some(CHANNEL),
-};
+fn sink(wakeup: Wakeup) -> Sink<'static> {
+    Sink {
+        prefix: "larder_qc",
+        table: CHANGE_LOG,
+        notify: wakeup.channel(),
+    }
+}
 /// The statement-level counting triggers of earlier versions, removed by
 /// [`install_sql`] (they took a lock every writer of the table queued on).
 const LEGACY_PREFIX: &str = "larder_bump";
@@ -57,22 +99,34 @@ const LEGACY_PREFIX: &str = "larder_bump";
 /// or a column). Each table comes with its columns; PostgreSQL captures
 /// every column whatever is given (`row_to_json`), the other dialects
 /// need the names ([`install`] reads them from the catalog). Names must be
-/// plain identifiers.
+/// plain identifiers. `wakeup` says whether PostgreSQL's triggers also
+/// notify readers (installing again with the other value replaces the
+/// trigger functions).
 pub fn install_sql(
     dialect: SqlDialect,
     tables: &[(&str, Vec<String>)],
+    wakeup: Wakeup,
 ) -> Result<Vec<String>, larder_core::Error> {
     let config = |e: larder_changes::Error| larder_core::Error::config(e.to_string());
     let mut out = vec![changelog::log_table_sql(dialect, CHANGE_LOG)];
+    let truncate_fn = match wakeup {
+        Wakeup::Notify => "larder_qc_truncate",
+        Wakeup::Poll => "larder_qc_truncate_quiet",
+    };
     if dialect == SqlDialect::Postgres {
         // TRUNCATE fires no row trigger: log it as a whole-table change
-        // (no old and no new row).
+        // (no old and no new row). One function per wakeup, as it is
+        // shared by every table: installing some tables with the other
+        // wakeup must not change how these notify.
+        let notify = wakeup
+            .channel()
+            .map(|c| format!("PERFORM pg_notify('{c}', ''); "))
+            .unwrap_or_default();
         out.push(format!(
-            "CREATE OR REPLACE FUNCTION larder_qc_truncate() RETURNS trigger LANGUAGE plpgsql AS $$ \
+            "CREATE OR REPLACE FUNCTION {truncate_fn}() RETURNS trigger LANGUAGE plpgsql AS $$ \
              BEGIN \
                INSERT INTO {CHANGE_LOG} (table_name, old_row, new_row, created_ms) VALUES (TG_ARGV[0], NULL, NULL, {}); \
-               PERFORM pg_notify('{CHANNEL}', ''); \
-               RETURN NULL; \
+               {notify}RETURN NULL; \
              END $$",
             dialect.now_ms()
         ));
@@ -83,14 +137,15 @@ pub fn install_sql(
         out.extend(triggers::drop_trigger_sql(dialect, LEGACY_PREFIX, &name).map_err(config)?);
         if dialect == SqlDialect::Postgres {
             out.extend(
-                triggers::row_trigger_sql(dialect, SINK, &name, Columns::All).map_err(config)?,
+                triggers::row_trigger_sql(dialect, sink(wakeup), &name, Columns::All)
+                    .map_err(config)?,
             );
             out.push(format!(
                 "DROP TRIGGER IF EXISTS larder_qc_truncate_{name} ON {name}"
             ));
             out.push(format!(
                 "CREATE TRIGGER larder_qc_truncate_{name} AFTER TRUNCATE ON {name} \
-                 FOR EACH STATEMENT EXECUTE FUNCTION larder_qc_truncate('{name}')"
+                 FOR EACH STATEMENT EXECUTE FUNCTION {truncate_fn}('{name}')"
             ));
         } else {
             if cols.is_empty() {
@@ -100,7 +155,7 @@ pub fn install_sql(
             }
             let cols: BTreeSet<String> = cols.iter().map(|c| normalize(c)).collect();
             out.extend(
-                triggers::row_trigger_sql(dialect, SINK, &name, Columns::Only(&cols))
+                triggers::row_trigger_sql(dialect, sink(wakeup), &name, Columns::Only(&cols))
                     .map_err(config)?,
             );
         }
@@ -200,6 +255,7 @@ pub async fn install_plan<DB>(
     pool: &sqlx::Pool<DB>,
     dialect: SqlDialect,
     tables: &[&str],
+    wakeup: Wakeup,
 ) -> Result<Vec<String>, larder_core::Error>
 where
     DB: sqlx::Database,
@@ -212,7 +268,7 @@ where
     for t in tables {
         with_columns.push((*t, columns_of(pool, dialect, t).await?));
     }
-    install_sql(dialect, &with_columns)
+    install_sql(dialect, &with_columns, wakeup)
 }
 
 /// Installs the change log and the capture triggers on `tables`
@@ -220,6 +276,9 @@ where
 /// lock (two installs at once would otherwise race on `CREATE OR REPLACE
 /// FUNCTION`: "tuple concurrently updated"), elsewhere statement by
 /// statement on one connection. Run it again after adding a column.
+///
+/// On PostgreSQL each writing transaction also notifies readers
+/// ([`Wakeup::Notify`]); [`install_with`] chooses.
 pub async fn install<DB>(
     pool: &sqlx::Pool<DB>,
     dialect: SqlDialect,
@@ -232,7 +291,34 @@ where
     usize: sqlx::ColumnIndex<DB::Row>,
     for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
 {
-    let statements = install_plan(pool, dialect, tables).await?;
+    install_with(pool, dialect, tables, Wakeup::default()).await
+}
+
+/// [`install`], choosing how readers learn of a write: [`Wakeup::Poll`]
+/// installs PostgreSQL triggers without the `NOTIFY`, for sources whose
+/// write throughput matters more than a visibility bound below the
+/// polling interval.
+///
+/// ```no_run
+/// # async fn demo(pool: sqlx::PgPool) -> Result<(), larder_core::Error> {
+/// use larder_query::{SqlDialect, Wakeup};
+/// larder_query::install_with(&pool, SqlDialect::Postgres, &["post", "comment"], Wakeup::Poll).await?;
+/// # Ok(()) }
+/// ```
+pub async fn install_with<DB>(
+    pool: &sqlx::Pool<DB>,
+    dialect: SqlDialect,
+    tables: &[&str],
+    wakeup: Wakeup,
+) -> Result<(), larder_core::Error>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut <DB as sqlx::Database>::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'r> String: sqlx::Decode<'r, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+{
+    let statements = install_plan(pool, dialect, tables, wakeup).await?;
     let err = |e: sqlx::Error| larder_core::Error::backend("sql", e);
     let mut conn = pool.acquire().await.map_err(err)?;
     if matches!(dialect, SqlDialect::Postgres) {
@@ -262,24 +348,61 @@ mod tests {
 
     #[test]
     fn install_sql_checks_names_and_covers_every_event() {
-        assert!(install_sql(SqlDialect::Postgres, &[("post; DROP TABLE x", vec![])]).is_err());
-        assert!(install_sql(SqlDialect::MySql, &[("post", cols(&["id); --"]))]).is_err());
-        assert!(install_sql(SqlDialect::Sqlite, &[("post", vec![])]).is_err());
-        let pg = install_sql(SqlDialect::Postgres, &[("post", vec![])])
+        assert!(install_sql(
+            SqlDialect::Postgres,
+            &[("post; DROP TABLE x", vec![])],
+            Wakeup::Notify
+        )
+        .is_err());
+        assert!(install_sql(
+            SqlDialect::MySql,
+            &[("post", cols(&["id); --"]))],
+            Wakeup::Notify
+        )
+        .is_err());
+        assert!(install_sql(SqlDialect::Sqlite, &[("post", vec![])], Wakeup::Notify).is_err());
+        let pg = install_sql(SqlDialect::Postgres, &[("post", vec![])], Wakeup::Notify)
             .unwrap()
             .join("\n");
         assert!(pg.contains("FOR EACH ROW") && pg.contains("row_to_json(OLD)"));
         assert!(pg.contains("AFTER TRUNCATE") && pg.contains("pg_notify"));
         assert!(pg.contains("DROP TRIGGER IF EXISTS larder_bump_post ON post"));
-        let my = install_sql(SqlDialect::MySql, &[("post", cols(&["id", "author_id"]))])
-            .unwrap()
-            .join("\n");
+        let my = install_sql(
+            SqlDialect::MySql,
+            &[("post", cols(&["id", "author_id"]))],
+            Wakeup::Notify,
+        )
+        .unwrap()
+        .join("\n");
         assert_eq!(my.matches("CREATE TRIGGER").count(), 3);
         assert!(my.contains("JSON_OBJECT('author_id', NEW.author_id, 'id', NEW.id)"));
-        let lite = install_sql(SqlDialect::Sqlite, &[("post", cols(&["id"]))])
+        let lite = install_sql(
+            SqlDialect::Sqlite,
+            &[("post", cols(&["id"]))],
+            Wakeup::Notify,
+        )
+        .unwrap()
+        .join("\n");
+        assert!(lite.contains("json_object"));
+    }
+
+    #[test]
+    fn polled_triggers_send_no_notification() {
+        let pg = install_sql(SqlDialect::Postgres, &[("post", vec![])], Wakeup::Poll)
             .unwrap()
             .join("\n");
-        assert!(lite.contains("json_object"));
+        // Still logs rows and TRUNCATE, replaces the notifying functions.
+        assert!(pg.contains("CREATE OR REPLACE FUNCTION larder_qc_post()"));
+        assert!(pg.contains("AFTER TRUNCATE") && pg.contains("INSERT INTO larder_changes"));
+        assert!(!pg.contains("pg_notify"), "{pg}");
+        // Elsewhere there is no notification to leave out.
+        for d in [SqlDialect::MySql, SqlDialect::Sqlite] {
+            let t = [("post", cols(&["id"]))];
+            assert_eq!(
+                install_sql(d, &t, Wakeup::Poll).unwrap(),
+                install_sql(d, &t, Wakeup::Notify).unwrap()
+            );
+        }
     }
 
     fn row(table: &str, old: Option<&str>, new: Option<&str>) -> LogRow {

@@ -153,6 +153,104 @@ async fn postgres_notify() {
         .watch_postgres(url));
 }
 
+/// Installed without NOTIFY (`Wakeup::Poll`, `larder query install
+/// --no-notify`): PostgreSQL's trigger functions send nothing, writes and
+/// TRUNCATE are still logged, and a polling reader sees them. Installing
+/// again with NOTIFY puts the notification back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_polled_triggers_send_no_notify() {
+    let url = "postgres://postgres@127.0.0.1:5432/test";
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(url)
+        .await
+        .expect("PostgreSQL on 5432");
+    let t = name("pgpoll");
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE {t} (id BIGINT PRIMARY KEY, title TEXT)"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let sources = |pool: sqlx::PgPool, t: String| async move {
+        // The row function, and the TRUNCATE function the table's
+        // statement trigger calls.
+        let row: String = sqlx::query_scalar("SELECT prosrc FROM pg_proc WHERE proname = $1")
+            .bind(format!("larder_qc_{t}"))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let truncate: String = sqlx::query_scalar(
+            "SELECT p.prosrc FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid \
+             WHERE g.tgname = $1",
+        )
+        .bind(format!("larder_qc_truncate_{t}"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        (row, truncate)
+    };
+    larder_query::install_with(
+        &pool,
+        SqlDialect::Postgres,
+        &[&t],
+        larder_query::Wakeup::Poll,
+    )
+    .await
+    .unwrap();
+    let (row, truncate) = sources(pool.clone(), t.clone()).await;
+    assert!(
+        !row.contains("pg_notify") && row.contains("larder_changes"),
+        "{row}"
+    );
+    assert!(
+        !truncate.contains("pg_notify") && truncate.contains("larder_changes"),
+        "{truncate}"
+    );
+    sqlx::raw_sql(&format!("INSERT INTO {t} (id, title) VALUES (1, 'before')"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    let qc = QueryCache::new(pool.clone(), cache(), SqlDialect::Postgres, Ttl::secs(600));
+    let watcher = qc.watch_outside_writes(Duration::from_millis(20));
+    let list = format!("SELECT title FROM {t} WHERE id = 1");
+    let titles = |qc: QueryCache<sqlx::Postgres>, list: String| async move {
+        let got: Vec<Title> = qc.fetch_all(&list, &[]).await.unwrap();
+        got.into_iter().map(|t| t.title).collect::<Vec<_>>()
+    };
+    let wait_for = |want: Vec<&'static str>| {
+        let (qc, list) = (qc.clone(), list.clone());
+        async move {
+            let until = Instant::now() + Duration::from_secs(5);
+            while titles(qc.clone(), list.clone()).await != want {
+                assert!(Instant::now() < until, "not seen by polling: {want:?}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    wait_for(vec!["before"]).await;
+    sqlx::raw_sql(&format!("UPDATE {t} SET title = 'after' WHERE id = 1"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    wait_for(vec!["after"]).await;
+    sqlx::raw_sql(&format!("TRUNCATE {t}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+    wait_for(vec![]).await;
+    watcher.abort();
+    larder_query::install(&pool, SqlDialect::Postgres, &[&t])
+        .await
+        .unwrap();
+    let (row, truncate) = sources(pool.clone(), t.clone()).await;
+    assert!(row.contains("pg_notify") && truncate.contains("pg_notify"));
+    sqlx::raw_sql(&format!("DROP TABLE {t}"))
+        .execute(&pool)
+        .await
+        .unwrap();
+}
+
 /// Outside writes are row-level, and a transaction that commits after a
 /// later one is never skipped: the change log's ids are handed out in
 /// write order, not commit order, so a reader that moved past the later
