@@ -361,3 +361,251 @@ async fn the_proxys_own_target_field_decides_and_is_stripped() {
     }
     drop(proxy);
 }
+
+/// One response read off a connection: status, headers, body.
+type Parsed = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// Responses read in order off one connection's bytes, 1xx included.
+/// Bodies by Content-Length or chunked.
+fn responses(mut bytes: &[u8]) -> Vec<Parsed> {
+    let mut out = Vec::new();
+    while let Some(end) = bytes.windows(4).position(|w| w == b"\r\n\r\n") {
+        let (status, headers, _) = common::parse_reply(&bytes[..end + 4]);
+        bytes = &bytes[end + 4..];
+        let mut body = Vec::new();
+        if status >= 200 {
+            if let Some(n) = header(&headers, "content-length") {
+                let n: usize = n.parse().unwrap();
+                assert!(bytes.len() >= n, "a body cut short");
+                body = bytes[..n].to_vec();
+                bytes = &bytes[n..];
+            } else if header(&headers, "transfer-encoding") == Some("chunked") {
+                loop {
+                    let line = bytes.windows(2).position(|w| w == b"\r\n").unwrap();
+                    let size = std::str::from_utf8(&bytes[..line]).unwrap();
+                    let size = usize::from_str_radix(size.trim(), 16)
+                        .unwrap_or_else(|_| panic!("not a chunk size: {size:?}"));
+                    bytes = &bytes[line + 2..];
+                    if size == 0 {
+                        bytes = &bytes[2..];
+                        break;
+                    }
+                    body.extend_from_slice(&bytes[..size]);
+                    assert_eq!(&bytes[size..size + 2], b"\r\n", "chunk framing broken");
+                    bytes = &bytes[size + 2..];
+                }
+            }
+        }
+        out.push((status, headers, body));
+    }
+    assert!(bytes.is_empty(), "bytes after the last response: {bytes:?}");
+    out
+}
+
+/// 1xx interim responses from the origin (103 Early Hints) reach an
+/// HTTP/1.1 client before the final response, as soon as the origin sends
+/// them; never an HTTP/1.0 client, never a cached hit; and never inside
+/// another response on the connection (a pipelined request's 103 waits
+/// for the response before it to be written whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interim_responses_are_forwarded_between_whole_responses() {
+    use std::io::{Read, Write};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BIG: usize = 4 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap().port();
+    // Each /hints request's final response waits for one permit.
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let calls = Arc::new(AtomicU32::new(0));
+    let (r, c) = (release.clone(), calls.clone());
+    let origin = tokio::spawn(async move {
+        loop {
+            let Ok((mut conn, _)) = listener.accept().await else {
+                return;
+            };
+            let (r, c) = (r.clone(), c.clone());
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 4096];
+                loop {
+                    let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                    got.drain(..end + 4);
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+                    if path == "/big" {
+                        let head = format!(
+                            "HTTP/1.1 200 OK\r\ncache-control: no-store\r\ncontent-length: {BIG}\r\n\r\n"
+                        );
+                        if conn.write_all(head.as_bytes()).await.is_err()
+                            || conn.write_all(&vec![b'x'; BIG]).await.is_err()
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    if path == "/burst" {
+                        // The 103 and the final response in one write:
+                        // they reach the proxy together.
+                        let both = "HTTP/1.1 103 Early Hints\r\nlink: </b.js>; rel=preload\r\n\r\n\
+                                    HTTP/1.1 200 OK\r\ncache-control: no-store\r\ncontent-length: 5\r\n\r\nburst";
+                        if conn.write_all(both.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    }
+                    let hints =
+                        "HTTP/1.1 103 Early Hints\r\nlink: </app.css>; rel=preload; as=style\r\n\
+                                 connection: x-hop\r\nx-hop: dropped\r\n\r\n";
+                    if conn.write_all(hints.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    r.acquire().await.unwrap().forget();
+                    let cc = if path == "/cached" {
+                        "max-age=60"
+                    } else {
+                        "no-store"
+                    };
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncache-control: {cc}\r\ncontent-length: 5\r\n\r\nfinal"
+                    );
+                    if conn.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let proxy = start_proxy(upstream, "mem://", &[]);
+    let port = proxy.port;
+    let read_all = |mut s: std::net::TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut all = Vec::new();
+        s.read_to_end(&mut all).unwrap();
+        all
+    };
+
+    // HTTP/1.1: the 103 arrives while the origin still holds the final
+    // response (it is released only once the client has read the 103).
+    let rel = release.clone();
+    let all = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /hints HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut first = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !first.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s
+                .read(&mut chunk)
+                .expect("the 103 before the final response");
+            assert!(n > 0, "closed before any response");
+            first.extend_from_slice(&chunk[..n]);
+        }
+        rel.add_permits(1);
+        first.extend(read_all(s));
+        first
+    })
+    .await
+    .unwrap();
+    let got = responses(&all);
+    assert_eq!(got.len(), 2, "{}", String::from_utf8_lossy(&all));
+    assert_eq!(got[0].0, 103);
+    assert_eq!(
+        header(&got[0].1, "link"),
+        Some("</app.css>; rel=preload; as=style")
+    );
+    assert_eq!(
+        header(&got[0].1, "x-hop"),
+        None,
+        "hop-by-hop field forwarded"
+    );
+    assert_eq!((got[1].0, got[1].2.as_slice()), (200, &b"final"[..]));
+
+    // A 103 that comes with the final response still goes first.
+    for _ in 0..20 {
+        let all = tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            s.write_all(b"GET /burst HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            read_all(s)
+        })
+        .await
+        .unwrap();
+        let got = responses(&all);
+        assert_eq!(
+            got.iter().map(|r| r.0).collect::<Vec<_>>(),
+            [103, 200],
+            "{}",
+            String::from_utf8_lossy(&all)
+        );
+        assert_eq!(got[1].2, b"burst");
+    }
+
+    // HTTP/1.0: no 1xx (RFC 9110 §15.2).
+    release.add_permits(1);
+    let all = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /hints HTTP/1.0\r\nHost: site.test\r\n\r\n")
+            .unwrap();
+        read_all(s)
+    })
+    .await
+    .unwrap();
+    let got = responses(&all);
+    assert_eq!(got.len(), 1, "{}", String::from_utf8_lossy(&all));
+    assert_eq!((got[0].0, got[0].2.as_slice()), (200, &b"final"[..]));
+
+    // Pipelined behind a 4 MB response the client is slow to read: the
+    // second request's 103 comes out after that body, whole, and before
+    // its own final response.
+    release.add_permits(1);
+    let all = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(
+            b"GET /big HTTP/1.1\r\nHost: site.test\r\n\r\n\
+              GET /hints HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n",
+        )
+        .unwrap();
+        // Let the 103 come while the big body is stuck in full buffers.
+        std::thread::sleep(Duration::from_millis(500));
+        read_all(s)
+    })
+    .await
+    .unwrap();
+    let got = responses(&all);
+    let statuses: Vec<u16> = got.iter().map(|r| r.0).collect();
+    assert_eq!(statuses, [200, 103, 200]);
+    assert_eq!(got[0].2.len(), BIG);
+    assert!(
+        got[0].2.iter().all(|&b| b == b'x'),
+        "the big body was corrupted"
+    );
+    assert_eq!(got[2].2, b"final");
+
+    // A cached response: the MISS brings the 103, the HIT none (and no
+    // origin request).
+    release.add_permits(1);
+    let one = move || {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.write_all(b"GET /cached HTTP/1.1\r\nHost: site.test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        read_all(s)
+    };
+    let miss = tokio::task::spawn_blocking(one).await.unwrap();
+    let before = calls.load(Ordering::SeqCst);
+    let hit = tokio::task::spawn_blocking(one).await.unwrap();
+    let (miss, hit) = (responses(&miss), responses(&hit));
+    assert_eq!(miss.iter().map(|r| r.0).collect::<Vec<_>>(), [103, 200]);
+    assert_eq!(hit.len(), 1);
+    assert_eq!(header(&hit[0].1, "x-larder-cache"), Some("HIT"));
+    assert_eq!(calls.load(Ordering::SeqCst), before);
+    origin.abort();
+    drop(proxy);
+}

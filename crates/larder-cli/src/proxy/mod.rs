@@ -12,8 +12,10 @@
 //!
 //! - `server`: connections, limits, timeouts, shedding;
 //! - `upstream`: forwarding, origin timeouts, client body errors;
+//! - `interim`: the origin's 1xx responses on their way to the client;
 //! - this file: flags, the edge checks, the admin routes.
 
+mod interim;
 mod server;
 mod upstream;
 

@@ -11,9 +11,11 @@
 //! - the client reading the response, while a write is blocked:
 //!   `send_timeout`.
 //!
-//! The service runs with the client's address in the task-local
-//! [`CLIENT_ADDR`] (no allocation per request, unlike request extensions);
-//! work it spawns elsewhere does not see it.
+//! The service runs with the client's connection in the task-local
+//! [`CLIENT`] (no allocation per request, unlike request extensions): its
+//! address, and where the origin's 1xx interim responses for it go
+//! ([`super::interim`]); work it spawns elsewhere does not see it (so a
+//! background revalidation never writes a 1xx to a client).
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -22,7 +24,7 @@ use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -37,9 +39,38 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify};
 use tower::Service;
 
+use super::interim::{InterimQueue, InterimSink};
+
 tokio::task_local! {
-    /// The address of the client whose request is being served.
-    pub static CLIENT_ADDR: std::net::SocketAddr;
+    /// The client connection whose request is being served.
+    pub static CLIENT: ClientConn;
+}
+
+/// The client connection a request came in on.
+pub struct ClientConn {
+    /// The client's address.
+    pub addr: std::net::SocketAddr,
+    conn: Arc<ConnState>,
+}
+
+impl ClientConn {
+    /// Where the origin's interim responses to this request go: `None`
+    /// when its client may not get any (HTTP/1.0).
+    pub fn interim(&self) -> Option<InterimSink<ConnInterim>> {
+        InterimQueue::sink(ConnInterim(self.conn.clone()))
+    }
+}
+
+/// A connection's interim-response queue, shared with the origin's
+/// client connection while a request is in flight.
+#[derive(Clone)]
+pub struct ConnInterim(Arc<ConnState>);
+
+impl std::ops::Deref for ConnInterim {
+    type Target = InterimQueue;
+    fn deref(&self) -> &InterimQueue {
+        &self.0.interim
+    }
 }
 
 /// Connection limits; see the module docs for what each bounds.
@@ -103,6 +134,8 @@ struct ConnState {
     /// Asked to close to make room (so it is not asked twice).
     shedding: AtomicBool,
     shed: Notify,
+    /// The origin's 1xx responses to the request in flight.
+    interim: InterimQueue,
 }
 
 impl ConnState {
@@ -116,6 +149,7 @@ impl ConnState {
             served_any: AtomicBool::new(false),
             shedding: AtomicBool::new(false),
             shed: Notify::new(),
+            interim: InterimQueue::default(),
         }
     }
 
@@ -192,10 +226,14 @@ impl http_body::Body for TrackedBody {
     }
 }
 
-/// The socket, noting when request bytes arrive and when writes block.
+/// The socket, noting when request bytes arrive and when writes block,
+/// and writing the origin's interim responses between hyper's writes.
 struct Watched {
     io: TcpStream,
     state: Arc<ConnState>,
+    /// Interim-response bytes being written, and how many are.
+    interim: Vec<u8>,
+    interim_at: usize,
 }
 
 impl AsyncRead for Watched {
@@ -218,6 +256,31 @@ impl AsyncRead for Watched {
 }
 
 impl Watched {
+    /// Writes queued interim responses: finishes what was started, and
+    /// starts more only when `may_start` (in `poll_flush`: hyper's buffer
+    /// is empty) and the request they belong to is the connection's only
+    /// unfinished one (see [`super::interim`] for why that is a message
+    /// boundary).
+    fn poll_interim(&mut self, cx: &mut Context<'_>, may_start: bool) -> Poll<io::Result<()>> {
+        loop {
+            if self.interim_at < self.interim.len() {
+                let r = Pin::new(&mut self.io).poll_write(cx, &self.interim[self.interim_at..]);
+                self.note_write(&r);
+                match ready!(r)? {
+                    0 => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                    n => self.interim_at += n,
+                }
+                continue;
+            }
+            self.interim.clear();
+            self.interim_at = 0;
+            let may_take = may_start && self.state.busy.load(Ordering::Acquire) == 1;
+            if !self.state.interim.next(&mut self.interim, may_take) {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+
     fn note_write<T>(&self, r: &Poll<io::Result<T>>) {
         match r {
             Poll::Pending => {
@@ -240,6 +303,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if !self.interim.is_empty() {
+            ready!(self.poll_interim(cx, false))?;
+        }
         let r = Pin::new(&mut self.io).poll_write(cx, buf);
         self.note_write(&r);
         r
@@ -249,6 +315,9 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if !self.interim.is_empty() {
+            ready!(self.poll_interim(cx, false))?;
+        }
         let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
         self.note_write(&r);
         r
@@ -257,6 +326,9 @@ impl AsyncWrite for Watched {
         self.io.is_write_vectored()
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if !self.interim.is_empty() || self.state.interim.is_pending() {
+            ready!(self.poll_interim(cx, true))?;
+        }
         let r = Pin::new(&mut self.io).poll_flush(cx);
         self.note_write(&r);
         r
@@ -365,18 +437,27 @@ pub async fn serve<S>(
         let conn_state = state.clone();
         let hyper_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let busy = conn_state.begin();
+            conn_state.interim.start_request(req.version());
             let mut svc = svc.clone();
-            CLIENT_ADDR.scope(peer, async move {
+            let client = ClientConn {
+                addr: peer,
+                conn: conn_state.clone(),
+            };
+            CLIENT.scope(client, async move {
                 let res = match svc.call(req).await {
                     Ok(r) => r,
                     Err(never) => match never {},
                 };
+                // The origin's 1xx responses go out before this one.
+                std::future::poll_fn(|cx| CLIENT.with(|c| c.conn.interim.poll_written(cx))).await;
                 Ok::<_, Infallible>(res.map(|inner| TrackedBody { inner, _busy: busy }))
             })
         });
         let io = TokioIo::new(Watched {
             io: stream,
             state: state.clone(),
+            interim: Vec::new(),
+            interim_at: 0,
         });
         let conn = builder.serve_connection(io, hyper_svc);
         let registry = registry.clone();

@@ -195,7 +195,7 @@ impl Upstream {
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
-        let peer = super::server::CLIENT_ADDR.try_with(|a| a.ip()).ok();
+        let peer = super::server::CLIENT.try_with(|c| c.addr.ip()).ok();
         let h = req.headers_mut();
         strip_hop_by_hop(h);
         // X-Forwarded-For: the chain so far (untrusted, kept as sent) and
@@ -249,8 +249,28 @@ impl Service<Request<Body>> for Upstream {
         Box::pin(async move {
             this.prepare(&mut req);
             let body_state = req.extensions().get::<ClientBodyState>().cloned();
-            let result =
-                tokio::time::timeout(this.timeouts.response_head, this.client.request(req)).await;
+            // 1xx interim responses (103 Early Hints) go on to the client
+            // as they come; only for a request served in the client's own
+            // task (not a background revalidation), see proxy::interim.
+            let interim = super::server::CLIENT
+                .try_with(|c| c.interim())
+                .ok()
+                .flatten();
+            if let Some(sink) = &interim {
+                let sink = sink.clone();
+                hyper::ext::on_informational(&mut req, move |res| {
+                    sink.forward(res.status(), res.headers())
+                });
+            }
+            let mut send = std::pin::pin!(this.client.request(req));
+            let send = std::future::poll_fn(|cx| {
+                // The client connection's task, woken when a 1xx comes.
+                if let Some(sink) = &interim {
+                    sink.register(cx.waker());
+                }
+                send.as_mut().poll(cx)
+            });
+            let result = tokio::time::timeout(this.timeouts.response_head, send).await;
             let client_fault = body_state.map_or(BODY_OK, |s| s.0.load(Ordering::Acquire));
             match (result, client_fault) {
                 (Ok(Ok(mut res)), _) => {
