@@ -43,14 +43,13 @@ pub const MAX_INTERIM_BYTES: usize = 16 * 1024;
 /// The interim responses of a connection's request in flight.
 #[derive(Default)]
 pub struct InterimQueue {
-    /// The request in flight, until its final response is let go (0:
-    /// none). A 1xx for any other (a request that timed out, whose
-    /// origin connection lives on) is dropped: it could otherwise land in
-    /// the middle of a later response.
+    /// The request in flight that has a sink, until its final response
+    /// is let go (0: none; a cached hit never makes one, so its response
+    /// waits for nothing). A 1xx for any other request (one that timed
+    /// out, whose origin connection lives on) is dropped: it could
+    /// otherwise land in the middle of a later response.
     current: AtomicU64,
     generations: AtomicU64,
-    /// The request in flight came as HTTP/1.1 (1.0 clients get none).
-    http11: AtomicBool,
     /// Something is queued or being written (the final response waits).
     pending: AtomicBool,
     /// Interim responses taken for the request in flight.
@@ -79,21 +78,21 @@ impl InterimQueue {
         self.queued.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// A new request is in flight on the connection.
-    pub fn start_request(&self, version: Version) {
-        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        self.http11
-            .store(version == Version::HTTP_11, Ordering::Relaxed);
-        self.count.store(0, Ordering::Relaxed);
-        self.current.store(generation, Ordering::Release);
-    }
-
-    /// A sink for the request in flight, when its client may get 1xx
-    /// responses. `conn` is how the sink reaches this queue (an `Arc`).
-    pub fn sink<Q: std::ops::Deref<Target = Self>>(conn: Q) -> Option<InterimSink<Q>> {
-        let generation = conn.current.load(Ordering::Acquire);
-        (generation != 0 && conn.http11.load(Ordering::Relaxed))
-            .then_some(InterimSink { conn, generation })
+    /// A sink for the connection's request in flight, which came as
+    /// `version`: none when its client may not get 1xx responses
+    /// (HTTP/1.0). `conn` is how the sink reaches this queue (an `Arc`).
+    /// Called from the request's own task, before its response.
+    pub fn sink<Q: std::ops::Deref<Target = Self>>(
+        conn: Q,
+        version: Version,
+    ) -> Option<InterimSink<Q>> {
+        if version != Version::HTTP_11 {
+            return None;
+        }
+        let generation = conn.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        conn.count.store(0, Ordering::Relaxed);
+        conn.current.store(generation, Ordering::Release);
+        Some(InterimSink { conn, generation })
     }
 
     /// Whether bytes are queued or being written.
@@ -124,6 +123,11 @@ impl InterimQueue {
     /// response of the request waits for this, and from then on no 1xx is
     /// taken for the request.
     pub fn poll_written(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Only this request's task makes a sink and only this clears
+        // `current`, so 0 here means no 1xx can be taken for it.
+        if self.current.load(Ordering::Acquire) == 0 {
+            return Poll::Ready(());
+        }
         let mut q = self.lock();
         if self.pending.load(Ordering::Acquire) {
             q.response = Some(cx.waker().clone());
@@ -207,13 +211,14 @@ mod tests {
         StatusCode::from_u16(code).unwrap()
     }
 
+    fn sink(q: &InterimQueue) -> InterimSink<&InterimQueue> {
+        InterimQueue::sink(q, Version::HTTP_11).unwrap()
+    }
+
     #[test]
     fn renders_1xx_without_hop_by_hop_fields() {
         let q = InterimQueue::default();
-        q.start_request(Version::HTTP_11);
-        InterimQueue::sink(&q)
-            .unwrap()
-            .forward(status(103), &early_hints());
+        sink(&q).forward(status(103), &early_hints());
         let mut buf = Vec::new();
         assert!(q.next(&mut buf, true));
         assert_eq!(
@@ -225,21 +230,18 @@ mod tests {
     #[test]
     fn forwards_only_what_the_client_may_get() {
         let q = InterimQueue::default();
-        assert!(InterimQueue::sink(&q).is_none(), "no request in flight");
-        q.start_request(Version::HTTP_10);
         assert!(
-            InterimQueue::sink(&q).is_none(),
+            InterimQueue::sink(&q, Version::HTTP_10).is_none(),
             "no 1xx to an HTTP/1.0 client"
         );
-        q.start_request(Version::HTTP_11);
-        let sink = InterimQueue::sink(&q).unwrap();
+        let first = sink(&q);
         for code in [100, 101, 200, 304] {
-            sink.forward(status(code), &HeaderMap::new());
+            first.forward(status(code), &HeaderMap::new());
             assert!(!q.is_pending(), "{code} is not forwarded");
         }
         // A flood: bounded per request.
         for _ in 0..100 {
-            sink.forward(status(103), &early_hints());
+            first.forward(status(103), &early_hints());
         }
         let mut buf = Vec::new();
         assert!(q.next(&mut buf, true));
@@ -250,26 +252,37 @@ mod tests {
         buf.clear();
         assert!(!q.next(&mut buf, true));
         assert!(!q.is_pending());
-        // A late 1xx of a request already answered never reaches the next.
+        // The response goes: a late 1xx of that request is dropped, also
+        // while the next request is in flight.
         let waker = futures_util::task::noop_waker();
         assert!(q.poll_written(&mut Context::from_waker(&waker)).is_ready());
-        q.start_request(Version::HTTP_11);
-        sink.forward(status(103), &HeaderMap::new());
-        assert!(!q.is_pending(), "a stale sink was heard");
-        InterimQueue::sink(&q)
-            .unwrap()
-            .forward(status(102), &HeaderMap::new());
+        first.forward(status(103), &HeaderMap::new());
+        assert!(!q.is_pending(), "a 1xx after the final response was taken");
+        let next = sink(&q);
+        first.forward(status(103), &HeaderMap::new());
+        assert!(!q.is_pending(), "the previous request's sink was heard");
+        next.forward(status(102), &HeaderMap::new());
         assert!(q.is_pending());
     }
 
     #[test]
     fn the_final_response_waits_for_queued_bytes() {
         let q = InterimQueue::default();
-        q.start_request(Version::HTTP_11);
-        let sink = InterimQueue::sink(&q).unwrap();
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
-        sink.forward(status(103), &HeaderMap::new());
+        assert!(
+            q.poll_written(&mut cx).is_ready(),
+            "no sink: nothing to wait for"
+        );
+        let s = sink(&q);
+        assert!(
+            q.poll_written(&mut cx).is_ready(),
+            "no 1xx: nothing to wait for"
+        );
+        let s2 = sink(&q);
+        s.forward(status(103), &HeaderMap::new());
+        assert!(!q.is_pending(), "a superseded sink was heard");
+        s2.forward(status(103), &HeaderMap::new());
         assert!(q.poll_written(&mut cx).is_pending());
         let mut buf = Vec::new();
         // Not allowed to start (another response is being written).
@@ -284,7 +297,7 @@ mod tests {
         assert!(!q.next(&mut buf, true));
         assert!(q.poll_written(&mut cx).is_ready());
         // The response has gone: nothing more for this request.
-        sink.forward(status(103), &HeaderMap::new());
+        s2.forward(status(103), &HeaderMap::new());
         assert!(!q.is_pending());
     }
 }

@@ -50,6 +50,7 @@ tokio::task_local! {
 pub struct ClientConn {
     /// The client's address.
     pub addr: std::net::SocketAddr,
+    version: http::Version,
     conn: Arc<ConnState>,
 }
 
@@ -57,7 +58,7 @@ impl ClientConn {
     /// Where the origin's interim responses to this request go: `None`
     /// when its client may not get any (HTTP/1.0).
     pub fn interim(&self) -> Option<InterimSink<ConnInterim>> {
-        InterimQueue::sink(ConnInterim(self.conn.clone()))
+        InterimQueue::sink(ConnInterim(self.conn.clone()), self.version)
     }
 }
 
@@ -437,10 +438,10 @@ pub async fn serve<S>(
         let conn_state = state.clone();
         let hyper_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let busy = conn_state.begin();
-            conn_state.interim.start_request(req.version());
             let mut svc = svc.clone();
             let client = ClientConn {
                 addr: peer,
+                version: req.version(),
                 conn: conn_state.clone(),
             };
             CLIENT.scope(client, async move {
