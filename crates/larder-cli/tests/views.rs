@@ -131,7 +131,18 @@ async fn drop_leftovers(admin: &sqlx::AnyPool, list: &str, quote: char) {
     }
 }
 
-async fn setup(db: Db, store_sql: bool) -> (Env, sqlx::AnyPool) {
+/// Where the documents go.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Store {
+    /// An embedded redb file (one process at a time).
+    Redb,
+    /// A table in the source database.
+    Sql,
+    /// The Redis Cluster of scripts/services, under a prefix of this test's.
+    RedisCluster,
+}
+
+async fn setup(db: Db, store: Store) -> (Env, sqlx::AnyPool) {
     sqlx::any::install_default_drivers();
     let dir = tempfile::tempdir().unwrap();
     let name = format!("lvcli_{}_{}", std::process::id(), fastrand::u32(..));
@@ -176,10 +187,12 @@ async fn setup(db: Db, store_sql: bool) -> (Env, sqlx::AnyPool) {
     };
     let views_file = dir.path().join("views.toml");
     std::fs::write(&views_file, VIEWS_TOML).unwrap();
-    let store = if store_sql {
-        "sql".to_owned()
-    } else {
-        format!("redb:{}", dir.path().join("views.redb").display())
+    let store = match store {
+        Store::Sql => "sql".to_owned(),
+        Store::Redb => format!("redb:{}", dir.path().join("views.redb").display()),
+        Store::RedisCluster => {
+            format!("redis+cluster://127.0.0.1:27001,127.0.0.1:27002,127.0.0.1:27003?prefix={name}")
+        }
     };
     let pool = sqlx::any::AnyPoolOptions::new()
         .max_connections(6)
@@ -248,8 +261,17 @@ async fn random_write(pool: &sqlx::AnyPool, next_id: &AtomicU64) -> bool {
 }
 
 async fn crash_safety(db: Db) {
+    let store = if db == Db::Sqlite {
+        Store::Redb
+    } else {
+        Store::Sql
+    };
+    crash_safety_on(db, store).await;
+}
+
+async fn crash_safety_on(db: Db, store: Store) {
     let shared = db != Db::Sqlite;
-    let (env, pool) = setup(db, shared).await;
+    let (env, pool) = setup(db, store).await;
     let out = env.ok(&["install"]);
     assert!(
         out.contains("post_page") && out.contains("user_card"),
@@ -397,9 +419,16 @@ async fn killed_workers_lose_nothing_postgres() {
     crash_safety(Db::Postgres).await;
 }
 
+/// The same on the Redis Cluster store: two worker processes write
+/// documents spread over the cluster's three masters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_lose_nothing_postgres_redis_cluster() {
+    crash_safety_on(Db::Postgres, Store::RedisCluster).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_rebuild_verify_repair_status() {
-    let (env, pool) = setup(Db::Sqlite, false).await;
+    let (env, pool) = setup(Db::Sqlite, Store::Redb).await;
     // Before install: the data exists, the views do not.
     env.ok(&["install"]);
     let out = env.run(&["verify", "--view", "post_page"]);
@@ -469,7 +498,7 @@ async fn operator_commands_rebuild_verify_repair_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn larder_toml_declares_database_store_and_views() {
-    let (env, _pool) = setup(Db::Sqlite, false).await;
+    let (env, _pool) = setup(Db::Sqlite, Store::Redb).await;
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(
         dir.path().join("larder.toml"),

@@ -84,9 +84,9 @@ pub use schema::{install_sql, CHANNEL, DEAD_TABLE, OUTBOX_TABLE, TICKET};
 pub use source::{Dialect, Source};
 #[cfg(feature = "redb")]
 pub use store::RedbStore;
-#[cfg(feature = "redis")]
-pub use store::RedisStore;
 pub use store::{DocStore, Put, SqlStore, Versioned, DOCS_TABLE};
+#[cfg(feature = "redis")]
+pub use store::{RedisStore, REDIS_BUCKETS};
 pub use view::{Dependency, DependencySpec, KeyType, RowChange, SqlView, View, ViewDef};
 pub use views::{Progress, Views, ViewsBuilder};
 pub use worker::{BatchReport, Worker, WorkerConfig};

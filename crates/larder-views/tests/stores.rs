@@ -152,6 +152,64 @@ async fn redis_store_keeps_the_contract() {
     store_contract(Arc::new(s), &view_name()).await;
 }
 
+const CLUSTER: &str = "redis+cluster://127.0.0.1:27001,127.0.0.1:27002,127.0.0.1:27003";
+
+/// On the 6-node Redis Cluster of scripts/services: the same contract, and
+/// one view's documents land on every master (a view no longer lives on
+/// one node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_keeps_the_contract_and_spreads_over_every_master() {
+    let prefix = format!("lvtest{}", std::process::id());
+    let s = RedisStore::connect(CLUSTER, &prefix)
+        .await
+        .expect("Redis Cluster on 27001-27006 (see scripts/services)");
+    let view = view_name();
+    store_contract(Arc::new(s.clone()), &view).await;
+    let puts: Vec<Put> = (0..300)
+        .map(|i| put(&format!("doc{i}"), 1, Some("d")))
+        .collect();
+    assert_eq!(s.put_many(&view, puts).await.unwrap(), 300);
+    assert_eq!(
+        s.count(&view).await.unwrap(),
+        303,
+        "the contract leaves 42, a and hot"
+    );
+    let keys: Vec<String> = (0..300).map(|i| format!("doc{i}")).collect();
+    let got = s.get_many(&view, &keys).await.unwrap();
+    assert!(got
+        .iter()
+        .all(|g| g.as_ref().unwrap().doc.as_deref() == Some(&b"d"[..])));
+
+    // Every master holds some of the view's buckets.
+    let pattern = format!("{{{prefix}:{view}:*");
+    let mut masters = 0;
+    for port in 27001..=27006 {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.unwrap();
+        let is_master = matches!(&role[0], redis::Value::BulkString(b) if b == b"master");
+        if !is_master {
+            continue;
+        }
+        masters += 1;
+        let (_, found): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(0)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(100_000)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(!found.is_empty(), "master on {port} holds none of the view");
+    }
+    assert_eq!(masters, 3, "the cluster of scripts/services has 3 masters");
+
+    // Braces in the prefix would break the buckets' hash tags.
+    let e = RedisStore::connect(CLUSTER, "a{b}").await.unwrap_err();
+    assert!(e.to_string().contains("hash tags"), "{e}");
+}
+
 async fn sql_store(db: Db) {
     let t = fresh_db(db).await;
     let s = SqlStore::on(Source::connect(&t.url, 8).await.unwrap())

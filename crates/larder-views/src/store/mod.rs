@@ -18,7 +18,7 @@ mod sql;
 #[cfg(feature = "redb")]
 pub use self::redb::RedbStore;
 #[cfg(feature = "redis")]
-pub use self::redis::RedisStore;
+pub use self::redis::{RedisStore, BUCKETS as REDIS_BUCKETS};
 pub use self::sql::{SqlStore, DOCS_TABLE};
 
 use crate::error::Result;
