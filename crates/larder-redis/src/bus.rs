@@ -1,9 +1,12 @@
-//! The Redis pub/sub invalidation bus for near caches.
+//! The Redis pub/sub invalidation bus for near caches: classic pub/sub on
+//! one server, sharded pub/sub (`SPUBLISH` / `SSUBSCRIBE`, Redis 7) on a
+//! Redis Cluster.
 
 use std::time::Duration;
 
 use larder_core::{async_trait, BusEvent, BusMessage, Error, InvalidationBus, Result};
 use redis::aio::ConnectionManager;
+use redis::cluster_async::ClusterConnection;
 use redis::RedisError;
 
 use crate::{tls_support, with_deadline};
@@ -16,18 +19,56 @@ use crate::{tls_support, with_deadline};
 /// staleness). The subscriber reconnects with backoff and reports every
 /// (re)subscription, after which the near cache clears its L1.
 ///
+/// On a Redis Cluster (`redis+cluster://h1:p1,h2:p2`) the bus uses sharded
+/// pub/sub over [`CLUSTER_CHANNELS`] channels `<channel>:<n>`: a key's
+/// invalidation goes out on the channel its hash picks, so the deliveries
+/// (one per subscribed process) spread over the masters instead of every
+/// node handling every message, as classic `PUBLISH` does on a cluster.
+/// Every process subscribes to all of them, so any one reaches everyone.
+///
 /// ```no_run
 /// # async fn run() -> larder_core::Result<()> {
 /// use std::sync::Arc;
 /// use larder_redis::RedisBus;
 /// let bus = RedisBus::new("redis://127.0.0.1:6379", "larder:near")?;
-/// # let _ = bus; Ok(()) }
+/// let on_a_cluster = RedisBus::new("redis+cluster://10.0.0.1:6379,10.0.0.2:6379", "larder:near")?;
+/// # let _ = (bus, on_a_cluster); Ok(()) }
 /// ```
 pub struct RedisBus {
-    client: redis::Client,
+    target: Target,
     channel: String,
-    publisher: tokio::sync::Mutex<Option<ConnectionManager>>,
+    publisher: tokio::sync::Mutex<Option<Publisher>>,
     deadline: Duration,
+}
+
+/// Sharded channels of a bus on a Redis Cluster.
+pub const CLUSTER_CHANNELS: u32 = 32;
+
+enum Target {
+    Single(Box<redis::Client>),
+    /// The nodes, as `redis://host:port` URLs.
+    Cluster(Vec<String>),
+}
+
+enum Publisher {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// The sharded channel a message goes out on: by the key's hash (FNV-1a,
+/// the same in every process), channel 0 for prefixes and clears.
+fn shard_of(message: &BusMessage) -> u32 {
+    match &message.invalidation {
+        larder_core::Invalidation::Key(k) => {
+            let mut h: u32 = 0x811c_9dc5;
+            for b in k.as_bytes() {
+                h ^= u32::from(*b);
+                h = h.wrapping_mul(0x0100_0193);
+            }
+            h % CLUSTER_CHANNELS
+        }
+        _ => 0,
+    }
 }
 
 impl std::fmt::Debug for RedisBus {
@@ -40,12 +81,31 @@ impl std::fmt::Debug for RedisBus {
 
 impl RedisBus {
     /// A bus on `channel` of the Redis server at `url` (`redis://` or
-    /// `rediss://`). Connects on first use.
+    /// `rediss://`), or of the Redis Cluster at
+    /// `redis+cluster://h1:p1,h2:p2` (sharded pub/sub). Connects on first
+    /// use.
     pub fn new(url: &str, channel: impl Into<String>) -> Result<Self> {
-        let client = tls_support::client(url, None)
-            .map_err(|e| Error::config(format!("invalid Redis bus URL: {e}")))?;
+        let target = if let Some(hosts) = url.strip_prefix("redis+cluster://") {
+            let hosts = hosts.trim_end_matches('/');
+            if hosts.is_empty() || hosts.contains(['/', '?']) {
+                return Err(Error::config(format!(
+                    "invalid Redis Cluster bus URL {url:?}: write redis+cluster://h1:p1,h2:p2"
+                )));
+            }
+            Target::Cluster(
+                hosts
+                    .split(',')
+                    .map(|h| format!("redis://{}", h.trim()))
+                    .collect(),
+            )
+        } else {
+            Target::Single(Box::new(
+                tls_support::client(url, None)
+                    .map_err(|e| Error::config(format!("invalid Redis bus URL: {e}")))?,
+            ))
+        };
         Ok(RedisBus {
-            client,
+            target,
             channel: channel.into(),
             publisher: tokio::sync::Mutex::new(None),
             deadline: Duration::from_millis(250),
@@ -70,16 +130,34 @@ impl InvalidationBus for RedisBus {
         let work = async {
             let mut slot = self.publisher.lock().await;
             if slot.is_none() {
-                *slot = Some(self.client.get_connection_manager().await?);
+                *slot = Some(match &self.target {
+                    Target::Single(client) => {
+                        Publisher::Single(client.get_connection_manager().await?)
+                    }
+                    Target::Cluster(nodes) => Publisher::Cluster(
+                        redis::cluster::ClusterClient::new(nodes.clone())?
+                            .get_async_connection()
+                            .await?,
+                    ),
+                });
             }
-            let Some(conn) = slot.as_mut() else {
-                unreachable!("set just above")
+            let r = match slot.as_mut() {
+                Some(Publisher::Single(conn)) => {
+                    redis::cmd("PUBLISH")
+                        .arg(&self.channel)
+                        .arg(&payload)
+                        .query_async::<i64>(conn)
+                        .await
+                }
+                Some(Publisher::Cluster(conn)) => {
+                    redis::cmd("SPUBLISH")
+                        .arg(format!("{}:{}", self.channel, shard_of(message)))
+                        .arg(&payload)
+                        .query_async::<i64>(conn)
+                        .await
+                }
+                None => unreachable!("set just above"),
             };
-            let r = redis::cmd("PUBLISH")
-                .arg(&self.channel)
-                .arg(&payload)
-                .query_async::<i64>(conn)
-                .await;
             if r.is_err() {
                 // Start over with a fresh connection next time.
                 *slot = None;
@@ -90,7 +168,17 @@ impl InvalidationBus for RedisBus {
     }
 
     async fn subscribe(&self, events: tokio::sync::mpsc::UnboundedSender<BusEvent>) -> Result<()> {
-        let client = self.client.clone();
+        let client = match &self.target {
+            Target::Single(client) => (**client).clone(),
+            Target::Cluster(nodes) => {
+                tokio::spawn(subscribe_cluster(
+                    nodes.clone(),
+                    self.channel.clone(),
+                    events,
+                ));
+                return Ok(());
+            }
+        };
         let channel = self.channel.clone();
         tokio::spawn(async move {
             use futures_util::StreamExt;
@@ -134,5 +222,105 @@ impl InvalidationBus for RedisBus {
             }
         });
         Ok(())
+    }
+}
+
+/// Deliveries from a message payload, to the near cache.
+fn deliver(events: &tokio::sync::mpsc::UnboundedSender<BusEvent>, payload: &str) -> bool {
+    match BusMessage::decode(payload) {
+        Some(m) => events.send(BusEvent::Message(m)).is_ok(),
+        None => {
+            tracing::warn!(payload, "redis bus: unknown message ignored");
+            true
+        }
+    }
+}
+
+/// The subscriber of a bus on a Redis Cluster: `SSUBSCRIBE` to every
+/// sharded channel over RESP3; redis-rs resubscribes after a node's
+/// connection drops, and every subscription confirmed after the first
+/// round is reported as [`BusEvent::Resubscribed`] (messages sent meanwhile
+/// are lost; the near cache clears its L1).
+async fn subscribe_cluster(
+    nodes: Vec<String>,
+    channel: String,
+    events: tokio::sync::mpsc::UnboundedSender<BusEvent>,
+) {
+    let channels: Vec<String> = (0..CLUSTER_CHANNELS)
+        .map(|n| format!("{channel}:{n}"))
+        .collect();
+    let mut backoff = Duration::from_millis(50);
+    while !events.is_closed() {
+        let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+        let connected = tokio::time::timeout(Duration::from_secs(5), async {
+            let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
+                .use_protocol(redis::ProtocolVersion::RESP3)
+                .push_sender(tx)
+                .build()?;
+            let mut conn = client.get_async_connection().await?;
+            // One channel per command: each lives in its own slot.
+            for c in &channels {
+                conn.ssubscribe(c).await?;
+            }
+            Ok::<_, RedisError>(conn)
+        })
+        .await;
+        let _conn = match connected {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis cluster bus: cannot subscribe yet");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+            Err(_) => {
+                tracing::debug!("redis cluster bus: subscribing timed out");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(50);
+        if events.send(BusEvent::Resubscribed).is_err() {
+            return;
+        }
+        // The first round's confirmations, then anything after a drop.
+        let mut confirmations = 0u32;
+        let mut lost = false;
+        while let Some(push) = pushes.recv().await {
+            match push.kind {
+                redis::PushKind::SMessage => {
+                    let payload = push.data.get(1).and_then(|v| {
+                        <String as redis::FromRedisValue>::from_redis_value_ref(v).ok()
+                    });
+                    if let Some(payload) = payload {
+                        if !deliver(&events, &payload) {
+                            return;
+                        }
+                    }
+                }
+                redis::PushKind::SSubscribe => {
+                    confirmations += 1;
+                    if (confirmations > CLUSTER_CHANNELS || lost)
+                        && events.send(BusEvent::Resubscribed).is_err()
+                    {
+                        return;
+                    }
+                    lost = false;
+                }
+                redis::PushKind::Disconnection => {
+                    tracing::warn!(
+                        channel,
+                        "redis cluster bus: a node connection dropped; resubscribing"
+                    );
+                    lost = true;
+                }
+                _ => {}
+            }
+        }
+        tracing::warn!(
+            channel,
+            "redis cluster bus: subscription lost; reconnecting"
+        );
     }
 }

@@ -52,7 +52,7 @@ use larder_core::{
     LeaseGrant, LeaseToken, Result,
 };
 mod bus;
-pub use bus::RedisBus;
+pub use bus::{RedisBus, CLUSTER_CHANNELS};
 
 use redis::aio::ConnectionManager;
 use redis::cluster_async::ClusterConnection;

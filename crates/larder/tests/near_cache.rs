@@ -228,6 +228,50 @@ async fn writes_reach_the_other_process(setup: &Setup) -> (Cache, Node) {
     (a, b)
 }
 
+/// On the Redis Cluster of scripts/services the bus uses sharded pub/sub:
+/// the same invalidations reach the other process, and the bus's channels
+/// live on every master (deliveries spread over the cluster).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_bus_invalidates_the_other_process_from_every_master() {
+    let setup = Setup::new(
+        "redis",
+        "redis+cluster://127.0.0.1:27001,127.0.0.1:27002,127.0.0.1:27003",
+    );
+    let (a, mut b) = writes_reach_the_other_process(&setup).await;
+    // Keys hash to different channels: each write reaches B whichever
+    // master carries its channel.
+    for i in 0..20 {
+        let key = format!("spread{i}");
+        a.set(&key, "old", Ttl::secs(60)).await.unwrap();
+        assert_eq!(b.ask(&format!("get {key}")), "value old");
+        let seen = b.applied();
+        a.set(&key, "new", Ttl::secs(60)).await.unwrap();
+        b.wait_applied_over(seen);
+        assert_eq!(b.ask(&format!("get {key}")), "value new", "{key}");
+    }
+    let mut masters = 0;
+    for port in 27001..=27006 {
+        let client = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let role: Vec<redis::Value> = redis::cmd("ROLE").query_async(&mut c).await.unwrap();
+        if !matches!(&role[0], redis::Value::BulkString(r) if r == b"master") {
+            continue;
+        }
+        masters += 1;
+        let channels: Vec<String> = redis::cmd("PUBSUB")
+            .arg("SHARDCHANNELS")
+            .arg(format!("{}:*", setup.channel))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert!(
+            !channels.is_empty(),
+            "no channel of the bus on the master at {port}"
+        );
+    }
+    assert_eq!(masters, 3);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_bus_invalidates_the_other_process_and_ttl_bounds_a_dead_bus() {
     let mut bus = Server::redis(27302);
