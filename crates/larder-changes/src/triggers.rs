@@ -29,6 +29,40 @@ pub struct Sink<'a> {
     pub notify: Option<&'a str>,
 }
 
+/// How a consumer's readers learn that a trigger logged a write
+/// (PostgreSQL; the other databases have no notifications: readers poll).
+///
+/// A `NOTIFY` is cheap for a reader and costs writers: PostgreSQL queues
+/// every notifying transaction's commit behind one server-wide lock, so
+/// under concurrent writes the notification, not the logged row, is the
+/// larger part of what capture costs (docs/BENCHMARKS.md, "write cost of
+/// change capture": 0.36x of no capture with NOTIFY, 0.78x without, 4
+/// writers). Without it a reader learns of a write only when it next
+/// polls: the visibility bound becomes the polling interval, and every
+/// polling process sends the database one indexed read per interval.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wakeup {
+    /// Each transaction that writes a captured table also sends a
+    /// `NOTIFY` on the consumer's channel: a listening reader reads at once.
+    #[default]
+    Notify,
+    /// No notification: readers poll, and writers do not queue on the
+    /// notification lock.
+    Poll,
+}
+
+impl Wakeup {
+    /// The channel a sink notifies on under this wakeup: `channel`, or
+    /// none.
+    pub fn channel(self, channel: &str) -> Option<&str> {
+        match self {
+            Wakeup::Notify => Some(channel),
+            Wakeup::Poll => None,
+        }
+    }
+}
+
 /// Which columns of a row the trigger captures.
 #[derive(Debug, Clone, Copy)]
 pub enum Columns<'a> {

@@ -59,9 +59,11 @@ struct Common {
     #[arg(skip)]
     views_named: bool,
     /// How writes to the source tables are captured: `triggers` (every
-    /// database) or `logical` (PostgreSQL logical replication, no
-    /// triggers; the server needs wal_level=logical). `install` and `work`
-    /// must agree.
+    /// database; on PostgreSQL each writing transaction also NOTIFYs the
+    /// workers), `polled-triggers` (the same triggers without NOTIFY, for
+    /// write-heavy PostgreSQL sources: workers poll every 50 ms) or
+    /// `logical` (PostgreSQL logical replication, no triggers; the server
+    /// needs wal_level=logical). `install` and `work` must agree.
     #[arg(
         long,
         global = true,
@@ -80,6 +82,8 @@ struct Common {
 enum Capture {
     /// Triggers write every row change into the outbox.
     Triggers,
+    /// Triggers without NOTIFY; workers poll.
+    PolledTriggers,
     /// A feeder in `work` copies the replication stream into the outbox.
     Logical,
 }
@@ -235,6 +239,9 @@ async fn open_waiting(
     let store =
         open_store_waiting(common.store.as_deref().unwrap_or_default(), &source, wait).await?;
     let mut b = Views::builder(source, store);
+    if common.capture == Capture::PolledTriggers {
+        b = b.wakeup(larder_views::Wakeup::Poll);
+    }
     for (name, v) in defs {
         b = b.view(v.named(&name));
     }
@@ -331,7 +338,12 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
                 .map_err(|e| CliError::usage(e.to_string()))?;
                 let defs: Vec<_> = defs.into_iter().map(|(n, v)| v.named(&n)).collect();
                 let refs: Vec<_> = defs.iter().collect();
-                for s in larder_views::install_sql(dialect, &refs)
+                let wakeup = if common.capture == Capture::PolledTriggers {
+                    larder_views::Wakeup::Poll
+                } else {
+                    larder_views::Wakeup::Notify
+                };
+                for s in larder_views::install_sql(dialect, &refs, wakeup)
                     .map_err(|e| CliError::usage(e.to_string()))?
                 {
                     println!("{s};");
@@ -383,7 +395,7 @@ async fn run_async(args: ViewsArgs) -> Result<(), CliError> {
                         .map_err(failed)?;
                     Some(views.feed_from_replication(config))
                 }
-                Capture::Triggers => None,
+                Capture::Triggers | Capture::PolledTriggers => None,
             };
             let mut handles = Vec::new();
             for _ in 0..workers.max(1) {

@@ -99,6 +99,8 @@ enum Db {
     Postgres,
     /// PostgreSQL, captured through logical replication.
     PostgresLogical,
+    /// PostgreSQL, triggers without NOTIFY (`--capture polled-triggers`).
+    PostgresPolled,
     MySql,
 }
 
@@ -147,8 +149,8 @@ async fn setup(db: Db, store: Store) -> (Env, sqlx::AnyPool) {
     let dir = tempfile::tempdir().unwrap();
     let name = format!("lvcli_{}_{}", std::process::id(), fastrand::u32(..));
     let database = match db {
-        Db::Postgres | Db::PostgresLogical => {
-            let admin_url = if db == Db::Postgres {
+        Db::Postgres | Db::PostgresLogical | Db::PostgresPolled => {
+            let admin_url = if db != Db::PostgresLogical {
                 PG_ADMIN
             } else {
                 PG_LOGICAL_ADMIN
@@ -166,7 +168,11 @@ async fn setup(db: Db, store: Store) -> (Env, sqlx::AnyPool) {
                 .execute(&admin)
                 .await
                 .unwrap();
-            let port = if db == Db::Postgres { 5432 } else { 25432 };
+            let port = if db == Db::PostgresLogical {
+                25432
+            } else {
+                5432
+            };
             format!("postgres://postgres@127.0.0.1:{port}/{name}")
         }
         Db::MySql => {
@@ -227,10 +233,10 @@ async fn setup(db: Db, store: Store) -> (Env, sqlx::AnyPool) {
     }
     let env = Env {
         database,
-        capture: if db == Db::PostgresLogical {
-            "logical"
-        } else {
-            "triggers"
+        capture: match db {
+            Db::PostgresLogical => "logical",
+            Db::PostgresPolled => "polled-triggers",
+            _ => "triggers",
         },
         store,
         views_file: views_file.display().to_string(),
@@ -277,6 +283,24 @@ async fn crash_safety_on(db: Db, store: Store) {
         out.contains("post_page") && out.contains("user_card"),
         "{out}"
     );
+    if env.capture == "polled-triggers" {
+        // The trigger functions log to the outbox and notify nobody.
+        let bodies: Vec<String> =
+            sqlx::query("SELECT prosrc FROM pg_proc WHERE proname LIKE 'larder\\_capture\\_%'")
+                .fetch_all(&pool)
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get::<String, _>(0))
+                .collect();
+        assert!(!bodies.is_empty(), "no capture functions installed");
+        for b in &bodies {
+            assert!(
+                b.contains("larder_outbox") && !b.contains("pg_notify"),
+                "{b}"
+            );
+        }
+    }
 
     // Writers: three concurrent streams while workers are being killed.
     let stop = Arc::new(AtomicBool::new(false));
@@ -417,6 +441,13 @@ async fn killed_workers_lose_nothing_sqlite() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_workers_lose_nothing_postgres() {
     crash_safety(Db::Postgres).await;
+}
+
+/// The same with triggers that send no NOTIFY: the workers find every
+/// change by polling.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_lose_nothing_postgres_polled_triggers() {
+    crash_safety(Db::PostgresPolled).await;
 }
 
 /// The same on the Redis Cluster store: two worker processes write

@@ -44,50 +44,14 @@ pub const RETENTION: std::time::Duration = std::time::Duration::from_secs(600);
 /// How often a reader prunes the change log.
 pub const PRUNE_EVERY: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// How the query cache's readers learn that an outside write was logged
-/// (PostgreSQL; the other databases have no notifications: readers poll).
-///
-/// A `NOTIFY` is cheap for a reader and costs writers: PostgreSQL queues
-/// every notifying transaction's commit behind one server-wide lock, so
-/// under concurrent writes the notification, not the logged row, is the
-/// larger part of what capture costs (docs/BENCHMARKS.md, "write cost of
-/// change capture"). Without it a reader learns of a write only when it
-/// next polls: the visibility bound becomes the polling interval, and
-/// every polling process sends the database one indexed read per
-/// interval.
-#[non_exhaustive]
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum Wakeup {
-    /// Each transaction that writes a captured table also sends
-    /// `NOTIFY larder_changes`: [`QueryCache::watch_postgres`] reads the
-    /// log as soon as it commits.
-    ///
-    /// [`QueryCache::watch_postgres`]: crate::QueryCache::watch_postgres
-    #[default]
-    Notify,
-    /// No notification: readers poll the log
-    /// ([`QueryCache::watch_outside_writes`], e.g. every 20 ms), and
-    /// writers do not queue on the notification lock.
-    ///
-    /// [`QueryCache::watch_outside_writes`]: crate::QueryCache::watch_outside_writes
-    Poll,
-}
-
-impl Wakeup {
-    fn channel(self) -> Option<&'static str> {
-        match self {
-            Wakeup::Notify => Some(CHANNEL),
-            Wakeup::Poll => None,
-        }
-    }
-}
+pub use larder_changes::triggers::Wakeup;
 
 /// How the query cache's triggers write.
 fn sink(wakeup: Wakeup) -> Sink<'static> {
     Sink {
         prefix: "larder_qc",
         table: CHANGE_LOG,
-        notify: wakeup.channel(),
+        notify: wakeup.channel(CHANNEL),
     }
 }
 /// The statement-level counting triggers of earlier versions, removed by
@@ -109,9 +73,9 @@ pub fn install_sql(
 ) -> Result<Vec<String>, larder_core::Error> {
     let config = |e: larder_changes::Error| larder_core::Error::config(e.to_string());
     let mut out = vec![changelog::log_table_sql(dialect, CHANGE_LOG)];
-    let truncate_fn = match wakeup {
-        Wakeup::Notify => "larder_qc_truncate",
-        Wakeup::Poll => "larder_qc_truncate_quiet",
+    let truncate_fn = match wakeup.channel(CHANNEL) {
+        Some(_) => "larder_qc_truncate",
+        None => "larder_qc_truncate_quiet",
     };
     if dialect == SqlDialect::Postgres {
         // TRUNCATE fires no row trigger: log it as a whole-table change
@@ -119,7 +83,7 @@ pub fn install_sql(
         // shared by every table: installing some tables with the other
         // wakeup must not change how these notify.
         let notify = wakeup
-            .channel()
+            .channel(CHANNEL)
             .map(|c| format!("PERFORM pg_notify('{c}', ''); "))
             .unwrap_or_default();
         out.push(format!(

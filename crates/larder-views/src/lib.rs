@@ -88,5 +88,5 @@ pub use store::{DocStore, Put, SqlStore, Versioned, DOCS_TABLE};
 #[cfg(feature = "redis")]
 pub use store::{RedisStore, REDIS_BUCKETS};
 pub use view::{Dependency, DependencySpec, KeyType, RowChange, SqlView, View, ViewDef};
-pub use views::{Progress, Views, ViewsBuilder};
+pub use views::{Progress, Views, ViewsBuilder, Wakeup};
 pub use worker::{BatchReport, Worker, WorkerConfig};

@@ -18,6 +18,7 @@ use std::ops::ControlFlow;
 use std::time::Duration;
 
 use larder_changes::logical::{self, Column, LogicalConfig, RowChange, StreamEvent, Value};
+use larder_changes::triggers::Wakeup;
 
 use crate::error::{Error, Result};
 use crate::schema::{self, CHANNEL, OUTBOX_TABLE};
@@ -84,7 +85,7 @@ impl Views {
         for table in self.captured_columns()?.keys() {
             statements.extend(larder_changes::triggers::drop_trigger_sql(
                 Dialect::Postgres,
-                schema::SINK.prefix,
+                schema::sink(Wakeup::Notify).prefix,
                 table,
             )?);
         }

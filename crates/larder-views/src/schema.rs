@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::error::Result;
 use crate::source::{Dialect, Source};
 use crate::view::ViewDef;
+use crate::views::Wakeup;
 
 /// The outbox: pending changes, one row per captured row change or
 /// enqueued view key.
@@ -76,32 +77,41 @@ pub fn tables_sql(dialect: Dialect) -> Vec<String> {
     out
 }
 
-/// How the views' triggers write: into the outbox, waking workers.
-pub const SINK: larder_changes::triggers::Sink<'static> = larder_changes::triggers::Sink {
-    prefix: "larder_capture",
-    table: OUTBOX_TABLE,
-    notify: Some(CHANNEL),
-};
+/// How the views' triggers write: into the outbox, waking workers unless
+/// they poll.
+pub fn sink(wakeup: Wakeup) -> larder_changes::triggers::Sink<'static> {
+    larder_changes::triggers::Sink {
+        prefix: "larder_capture",
+        table: OUTBOX_TABLE,
+        notify: wakeup.channel(CHANNEL),
+    }
+}
 
 /// The statements installing the capture triggers for one table
 /// (replacing earlier ones, so a changed column set takes effect). The
 /// DDL is larder-changes' ([`larder_changes::triggers`]), shared with
 /// larder-query's change log.
-pub fn trigger_sql(dialect: Dialect, table: &str, cols: &BTreeSet<String>) -> Result<Vec<String>> {
+pub fn trigger_sql(
+    dialect: Dialect,
+    table: &str,
+    cols: &BTreeSet<String>,
+    wakeup: Wakeup,
+) -> Result<Vec<String>> {
     Ok(larder_changes::triggers::row_trigger_sql(
         dialect,
-        SINK,
+        sink(wakeup),
         table,
         larder_changes::triggers::Columns::Only(cols),
     )?)
 }
 
 /// Every statement [`Views::install`](crate::Views::install) runs, in order (for review, or to run by
-/// hand: `larder views install --dry-run`).
-pub fn install_sql(dialect: Dialect, views: &[&ViewDef]) -> Result<Vec<String>> {
+/// hand: `larder views install --dry-run`). `wakeup`: whether
+/// PostgreSQL's triggers also notify workers ([`crate::ViewsBuilder::wakeup`]).
+pub fn install_sql(dialect: Dialect, views: &[&ViewDef], wakeup: Wakeup) -> Result<Vec<String>> {
     let mut out = tables_sql(dialect);
     for (table, cols) in captured_columns(views)? {
-        out.extend(trigger_sql(dialect, &table, &cols)?);
+        out.extend(trigger_sql(dialect, &table, &cols, wakeup)?);
     }
     Ok(out)
 }
@@ -110,8 +120,8 @@ pub fn install_sql(dialect: Dialect, views: &[&ViewDef]) -> Result<Vec<String>> 
 /// transaction under an advisory lock (concurrent installs would race on
 /// `CREATE OR REPLACE FUNCTION`); elsewhere statement by statement on one
 /// connection.
-pub async fn install(source: &Source, views: &[&ViewDef]) -> Result<()> {
-    let statements = install_sql(source.dialect, views)?;
+pub async fn install(source: &Source, views: &[&ViewDef], wakeup: Wakeup) -> Result<()> {
+    let statements = install_sql(source.dialect, views, wakeup)?;
     let mut conn = source.pool.acquire().await?;
     match source.dialect {
         Dialect::Postgres => {
@@ -160,11 +170,19 @@ mod tests {
     fn every_dialect_captures_insert_update_delete() {
         let cols: BTreeSet<String> = ["id".to_owned(), "post_id".to_owned()].into();
         for d in [Dialect::Postgres, Dialect::MySql, Dialect::Sqlite] {
-            let sql = trigger_sql(d, "comments", &cols).unwrap().join("\n");
+            let sql = trigger_sql(d, "comments", &cols, Wakeup::Notify)
+                .unwrap()
+                .join("\n");
             assert!(
                 sql.contains("'post_id', ") && sql.contains("NEW.post_id"),
                 "{sql}"
             );
+            assert_eq!(sql.contains("pg_notify"), d == Dialect::Postgres, "{sql}");
+            let polled = trigger_sql(d, "comments", &cols, Wakeup::Poll)
+                .unwrap()
+                .join("\n");
+            assert!(!polled.contains("pg_notify"), "{polled}");
+            assert!(polled.contains("larder_outbox"), "{polled}");
             assert!(
                 sql.contains("OLD.post_id") && sql.contains("larder_outbox"),
                 "{sql}"

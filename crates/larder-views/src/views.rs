@@ -14,6 +14,7 @@ use crate::schema;
 use crate::source::Source;
 use crate::store::{DocStore, Versioned};
 use crate::view::{Dependency, ViewDef};
+pub use larder_changes::triggers::Wakeup;
 
 /// A progress callback: `(done, total)`.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
@@ -30,6 +31,7 @@ pub(crate) struct Inner {
     pub(crate) store: Arc<dyn DocStore>,
     pub(crate) defs: BTreeMap<String, Arc<ViewDef>>,
     by_table: HashMap<String, Vec<(String, Dependency)>>,
+    pub(crate) wakeup: Wakeup,
 }
 
 impl std::fmt::Debug for Views {
@@ -47,6 +49,7 @@ pub struct ViewsBuilder {
     source: Source,
     store: Arc<dyn DocStore>,
     defs: Vec<ViewDef>,
+    wakeup: Wakeup,
 }
 
 impl std::fmt::Debug for ViewsBuilder {
@@ -60,6 +63,19 @@ impl ViewsBuilder {
     /// [`crate::SqlView::named`]).
     pub fn view(mut self, def: impl Into<ViewDef>) -> Self {
         self.defs.push(def.into());
+        self
+    }
+
+    /// How workers learn of captured writes on PostgreSQL (default
+    /// [`Wakeup::Notify`]). [`Wakeup::Poll`] installs the triggers without
+    /// their `NOTIFY` (writers then do not queue on PostgreSQL's
+    /// notification lock, which halved their throughput in the issue-15
+    /// measurements), and workers poll the outbox every 50 ms unless
+    /// [`WorkerConfig::poll_interval`](crate::WorkerConfig::poll_interval)
+    /// says otherwise. `install` and the workers must agree; elsewhere
+    /// than PostgreSQL workers always poll.
+    pub fn wakeup(mut self, wakeup: Wakeup) -> Self {
+        self.wakeup = wakeup;
         self
     }
 
@@ -86,6 +102,7 @@ impl ViewsBuilder {
                 store: self.store,
                 defs,
                 by_table,
+                wakeup: self.wakeup,
             }),
         })
     }
@@ -98,6 +115,7 @@ impl Views {
             source,
             store,
             defs: Vec::new(),
+            wakeup: Wakeup::default(),
         }
     }
 
@@ -139,13 +157,18 @@ impl Views {
     /// dependencies).
     pub async fn install(&self) -> Result<()> {
         let defs: Vec<&ViewDef> = self.inner.defs.values().map(|d| &**d).collect();
-        schema::install(&self.inner.source, &defs).await
+        schema::install(&self.inner.source, &defs, self.inner.wakeup).await
     }
 
     /// The statements [`Views::install`] runs.
     pub fn install_sql(&self) -> Result<Vec<String>> {
         let defs: Vec<&ViewDef> = self.inner.defs.values().map(|d| &**d).collect();
-        schema::install_sql(self.inner.source.dialect, &defs)
+        schema::install_sql(self.inner.source.dialect, &defs, self.inner.wakeup)
+    }
+
+    /// How workers learn of captured writes ([`ViewsBuilder::wakeup`]).
+    pub fn wakeup(&self) -> Wakeup {
+        self.inner.wakeup
     }
 
     /// Records, on `conn` (the application's transaction: `&mut *tx`), that

@@ -44,7 +44,8 @@ pub struct WorkerConfig {
     /// Longest retry delay (default 30 s).
     pub max_backoff: Duration,
     /// How often an idle worker looks for work (default 100 ms; 1 s on
-    /// PostgreSQL, where NOTIFY wakes it at once).
+    /// PostgreSQL, where NOTIFY wakes it at once; 50 ms on PostgreSQL when
+    /// the triggers do not notify, [`crate::ViewsBuilder::wakeup`]).
     pub poll_interval: Option<Duration>,
     /// Keys computed at once (default 8).
     pub concurrency: usize,
@@ -179,10 +180,13 @@ impl Worker {
         F: FnMut(&BatchReport),
     {
         let wake = Arc::new(Notify::new());
-        let listener = (self.views.source().dialect == Dialect::Postgres)
+        let polled = self.views.wakeup() == crate::Wakeup::Poll;
+        let listener = (self.views.source().dialect == Dialect::Postgres && !polled)
             .then(|| tokio::spawn(listen(self.views.source().url.clone(), wake.clone())));
+        // Triggers without NOTIFY: polling is the only wake-up, so often.
         let poll = self.config.poll_interval.unwrap_or(match listener {
             Some(_) => Duration::from_secs(1),
+            None if polled => Duration::from_millis(50),
             None => Duration::from_millis(100),
         });
         tokio::pin!(shutdown);
