@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::error::Result;
 use crate::source::{Dialect, Source};
 use crate::view::ViewDef;
-use crate::views::Wakeup;
+use larder_changes::triggers::Wakeup;
 
 /// The outbox: pending changes, one row per captured row change or
 /// enqueued view key.

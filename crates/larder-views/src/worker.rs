@@ -180,7 +180,7 @@ impl Worker {
         F: FnMut(&BatchReport),
     {
         let wake = Arc::new(Notify::new());
-        let polled = self.views.wakeup() == crate::Wakeup::Poll;
+        let polled = self.views.wakeup() == larder_changes::triggers::Wakeup::Poll;
         let listener = (self.views.source().dialect == Dialect::Postgres && !polled)
             .then(|| tokio::spawn(listen(self.views.source().url.clone(), wake.clone())));
         // Triggers without NOTIFY: polling is the only wake-up, so often.
