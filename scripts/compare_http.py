@@ -34,6 +34,10 @@ def main():
         xb = f"{rps / base:.1f}x" if base else "-"
         xn = f"{rps / ngx:.2f}x" if ngx else "-"
         print(f"| {name} | {rps:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['non_2xx']} | {xb} | {xn} |")
+    npass, lpass = by.get("nginx_pass"), by.get("larder_proxy_pass")
+    if npass and lpass:
+        print(f"\nPass-through of the uncacheable page (/private): larder proxy {lpass:,.0f} req/s, "
+              f"nginx {npass:,.0f} req/s, {lpass / npass:.2f}x")
 
 
 if __name__ == "__main__":

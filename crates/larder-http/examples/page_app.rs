@@ -1,6 +1,8 @@
 //! A small axum site like the Django benchmark app: one page of about 2 KB
 //! of HTML built from an SQLite query, with or without the larder cache
-//! layer for the whole site. Used by `scripts/bench-http-vs-django`.
+//! layer for the whole site, and the same page at `/private` marked
+//! `Cache-Control: private` (what a shared cache must pass through). Used
+//! by `scripts/bench-http-vs-django`.
 //!
 //! ```text
 //! cargo run --release -p larder-http --example page_app -- --port 8091 --cache mem
@@ -77,6 +79,14 @@ async fn items(State(db): State<Db>) -> Response {
     r
 }
 
+/// The page, for this user only: shared caches pass it through.
+async fn private_items(state: State<Db>) -> Response {
+    let mut r = items(state).await;
+    r.headers_mut()
+        .insert("cache-control", axum::http::HeaderValue::from_static("private"));
+    r
+}
+
 #[tokio::main]
 async fn main() {
     let mut port = 8091u16;
@@ -90,7 +100,10 @@ async fn main() {
         }
     }
     let db: Db = Arc::new(Mutex::new(seed()));
-    let mut app = Router::new().route("/", get(items)).with_state(db);
+    let mut app = Router::new()
+        .route("/", get(items))
+        .route("/private", get(private_items))
+        .with_state(db);
     if cache != "off" {
         let url = if cache == "mem" {
             "mem://"
