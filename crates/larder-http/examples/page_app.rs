@@ -82,8 +82,10 @@ async fn items(State(db): State<Db>) -> Response {
 /// The page, for this user only: shared caches pass it through.
 async fn private_items(state: State<Db>) -> Response {
     let mut r = items(state).await;
-    r.headers_mut()
-        .insert("cache-control", axum::http::HeaderValue::from_static("private"));
+    r.headers_mut().insert(
+        "cache-control",
+        axum::http::HeaderValue::from_static("private"),
+    );
     r
 }
 
