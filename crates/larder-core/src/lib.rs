@@ -59,7 +59,7 @@ pub use envelope::Codec;
 pub use error::{io_kind_means_unreachable, Error, Result};
 pub use failure_log::{FailureLog, SUMMARY_INTERVAL};
 pub use fragment::fragment_key;
-pub use key::{KeyFn, KeyPolicy, MAX_KEY_BYTES};
+pub use key::{stable_hash32, KeyFn, KeyPolicy, MAX_KEY_BYTES};
 pub use memo::DecodedMemo;
 pub use near::{BusEvent, BusMessage, Invalidation, InvalidationBus, NearBackend};
 pub use time::{unix_ms, unix_ms_i64, unix_us, MonotonicMs};

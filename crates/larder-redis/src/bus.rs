@@ -55,17 +55,12 @@ enum Publisher {
     Cluster(ClusterConnection),
 }
 
-/// The sharded channel a message goes out on: by the key's hash (FNV-1a,
-/// the same in every process), channel 0 for prefixes and clears.
+/// The sharded channel a message goes out on: by the key's hash, channel
+/// 0 for prefixes and clears.
 fn shard_of(message: &BusMessage) -> u32 {
     match &message.invalidation {
         larder_core::Invalidation::Key(k) => {
-            let mut h: u32 = 0x811c_9dc5;
-            for b in k.as_bytes() {
-                h ^= u32::from(*b);
-                h = h.wrapping_mul(0x0100_0193);
-            }
-            h % CLUSTER_CHANNELS
+            larder_core::stable_hash32(k.as_bytes()) % CLUSTER_CHANNELS
         }
         _ => 0,
     }

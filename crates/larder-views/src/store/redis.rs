@@ -22,15 +22,9 @@ fn err(e: impl Into<crate::error::BoxError>) -> Error {
     Error::store("redis", e)
 }
 
-/// The bucket of document `key` (FNV-1a: stable across processes and
-/// versions, unlike std's hasher).
+/// The bucket of document `key` (stored data depends on it).
 fn bucket(key: &str) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in key.as_bytes() {
-        h ^= u32::from(*b);
-        h = h.wrapping_mul(0x0100_0193);
-    }
-    h % BUCKETS
+    larder_core::stable_hash32(key.as_bytes()) % BUCKETS
 }
 
 /// One server, or a cluster.
