@@ -1,4 +1,6 @@
-//! One TCP connection to a memcached server.
+//! One TCP connection to a memcached server, for the classic text commands
+//! (`stats settings`, `flush_all`, `lru_crawler metadump`); meta requests go
+//! through [`crate::mux`].
 
 use std::time::Duration;
 
@@ -6,7 +8,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proto::{self, ProtoError, Response, MAX_LINE};
+use crate::proto::{ProtoError, MAX_LINE};
 
 /// What can go wrong on a connection. Any of these makes the connection
 /// unusable (its stream position is unknown) and counts as a server failure.
@@ -50,29 +52,6 @@ impl Conn {
         })
     }
 
-    /// Sends a request and reads its responses.
-    pub async fn exchange(
-        &mut self,
-        request: &[u8],
-        until: Until,
-        max_value: usize,
-    ) -> Result<Vec<Response>, ConnError> {
-        self.stream.write_all(request).await?;
-        let mut out = Vec::new();
-        loop {
-            match until {
-                Until::Count(n) if out.len() == n => return Ok(out),
-                _ => {}
-            }
-            let r = self.read_response(max_value).await?;
-            let done = matches!((until, &r), (Until::Mn, Response::Mn));
-            out.push(r);
-            if done {
-                return Ok(out);
-            }
-        }
-    }
-
     async fn fill(&mut self) -> Result<(), ConnError> {
         if self.stream.read_buf(&mut self.buf).await? == 0 {
             return Err(ConnError::Io(std::io::Error::new(
@@ -81,18 +60,6 @@ impl Conn {
             )));
         }
         Ok(())
-    }
-
-    async fn read_response(&mut self, max_value: usize) -> Result<Response, ConnError> {
-        loop {
-            match proto::parse(&self.buf, max_value).map_err(ConnError::Proto)? {
-                Some((r, n)) => {
-                    let _ = self.buf.split_to(n);
-                    return Ok(r);
-                }
-                None => self.fill().await?,
-            }
-        }
     }
 
     /// Sends a classic text command (`stats settings`, `flush_all`,

@@ -14,6 +14,12 @@
 //!
 //! - **Hashing**: ketama, compatible with libketama and libmemcached (see
 //!   [`ketama`]), so other ketama clients find the same server for a key.
+//! - **One connection per server, shared**: concurrent callers' requests
+//!   are written back to back on it and the responses matched to them in
+//!   order (see [`mux`]), as redis-rs multiplexes Redis. 64 callers cost a
+//!   few syscalls, not 64 round trips on 64 connections. A caller that
+//!   gives up does not disturb the others; a server silent for the deadline
+//!   ends the connection and the next request opens a new one.
 //! - **Batches**: `get_many`, `set_many` and `delete_many` are one pipeline of
 //!   quiet commands per server, the servers in parallel.
 //! - **Counters**: `ma` when the delta is positive (one round trip; a result
@@ -34,10 +40,16 @@
 //!   plain `flush_all`.
 //! - **TTLs** are whole seconds (rounded up); lifetimes over 30 days are sent
 //!   as absolute timestamps, since memcached reads larger numbers that way.
+//!   memcached's clock ticks once a second and an item expires when the tick
+//!   reaches its time, so an item stored for N s lives between N - 1 and N s:
+//!   a 1 s TTL may lapse a moment after the write. Use 2 s or more where
+//!   that matters. (Never longer than asked: a late expiry would serve a
+//!   value past its TTL.)
 #![warn(missing_docs)]
 
 pub mod conn;
 pub mod ketama;
+pub mod mux;
 pub mod proto;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
@@ -53,6 +65,7 @@ use larder_core::{
 
 use conn::{Conn, ConnError, Until};
 use ketama::Ring;
+use mux::Mux;
 use proto::{Requests, Response};
 
 const NAME: &str = "memcached";
@@ -72,7 +85,9 @@ pub struct MemcachedConfig {
     pub retry_delay: Duration,
     /// Consecutive failures that eject a server (default 2).
     pub failure_limit: u32,
-    /// Idle connections kept per server (default 8).
+    /// Idle connections kept per server for the classic text commands
+    /// (`stats settings`, `flush_all`, `lru_crawler metadump`; default 8).
+    /// Meta requests share one multiplexed connection per server.
     pub pool_size: usize,
     /// Largest value accepted; `None` asks each server (`item_size_max`).
     pub max_value_bytes: Option<usize>,
@@ -94,6 +109,10 @@ impl MemcachedConfig {
 
 struct Server {
     addr: String,
+    /// The connection every meta request goes through (see [`mux`]).
+    mux: Mutex<Option<Mux>>,
+    /// Connections for classic text commands (stats, flush_all, metadump),
+    /// whose framing is not the meta protocol's.
     idle: Mutex<Vec<Conn>>,
     failures: AtomicU32,
     /// Milliseconds since the backend's epoch until which the server is
@@ -187,6 +206,7 @@ impl MemcachedBackend {
             .iter()
             .map(|addr| Server {
                 addr: addr.clone(),
+                mux: Mutex::new(None),
                 idle: Mutex::new(Vec::new()),
                 failures: AtomicU32::new(0),
                 dead_until_ms: AtomicU64::new(0),
@@ -325,6 +345,7 @@ impl Inner {
             let until = self.now_ms() + self.config.retry_delay.as_millis() as u64;
             s.dead_until_ms.store(until, Ordering::Relaxed);
             s.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
+            s.mux.lock().unwrap_or_else(|p| p.into_inner()).take();
             tracing::warn!(server = %s.addr, error = %e, retry_in = ?self.config.retry_delay, "memcached server ejected");
             metrics::counter!("larder_memcached_ejections_total", "server" => s.addr.clone())
                 .increment(1);
@@ -365,22 +386,37 @@ impl Inner {
         self.config.max_value_bytes.unwrap_or(1 << 30)
     }
 
+    /// The live multiplexed connection to server `i`, started if needed.
+    fn mux(&self, i: usize) -> Mux {
+        let mut slot = self.servers[i]
+            .mux
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match &*slot {
+            Some(m) if !m.is_ended() => m.clone(),
+            _ => {
+                let m = Mux::start(
+                    self.servers[i].addr.clone(),
+                    self.max_value(),
+                    self.config.deadline,
+                );
+                *slot = Some(m.clone());
+                m
+            }
+        }
+    }
+
     /// One request/response exchange with server `i`, under the deadline.
-    async fn exchange(&self, i: usize, req: &Requests, until: Until) -> Result<Vec<Response>> {
+    async fn exchange(&self, i: usize, req: Requests, until: Until) -> Result<Vec<Response>> {
         let deadline = self.config.deadline;
-        let max_value = self.max_value();
-        let work = async {
-            let mut conn = self.checkout(i).await?;
-            let r = conn.exchange(req.as_bytes(), until, max_value).await?;
-            Ok::<_, ConnError>((conn, r))
-        };
-        let result = match tokio::time::timeout(deadline, work).await {
-            Ok(r) => r,
-            Err(_) => Err(ConnError::Timeout(deadline)),
-        };
+        let mux = self.mux(i);
+        let result =
+            match tokio::time::timeout(deadline, mux.exchange(req.into_bytes(), until)).await {
+                Ok(r) => r,
+                Err(_) => Err(ConnError::Timeout(deadline)),
+            };
         match result {
-            Ok((conn, responses)) => {
-                self.checkin(i, conn);
+            Ok(responses) => {
                 self.record_success(i);
                 Ok(responses)
             }
@@ -391,7 +427,7 @@ impl Inner {
         }
     }
 
-    async fn one(&self, i: usize, req: &Requests) -> Result<Response> {
+    async fn one(&self, i: usize, req: Requests) -> Result<Response> {
         let mut r = self.exchange(i, req, Until::Count(1)).await?;
         r.pop().ok_or_else(|| Error::backend(NAME, "no response"))
     }
@@ -493,7 +529,7 @@ impl Inner {
     async fn undo_overflow(&self, i: usize, key: &str, delta_flag: &str) {
         let mut undo = Requests::new();
         undo.ma(key, &["v", "MD", delta_flag]);
-        match self.one(i, &undo).await {
+        match self.one(i, undo).await {
             // Back below, or still over because another increment landed
             // meanwhile (its own caller undoes it).
             Ok(Response::Va(data, _))
@@ -512,7 +548,7 @@ impl Inner {
         for _ in 0..3 {
             let mut del = Requests::new();
             del.md(key, &[]);
-            if matches!(self.one(i, &del).await, Ok(Response::Hd(_) | Response::Nf)) {
+            if matches!(self.one(i, del).await, Ok(Response::Hd(_) | Response::Nf)) {
                 return;
             }
         }
@@ -532,7 +568,7 @@ impl Inner {
             attempt += 1;
             let mut req = Requests::new();
             req.mg(key, &["v", "c", "t"]);
-            let (data, flags) = match self.one(i, &req).await? {
+            let (data, flags) = match self.one(i, req).await? {
                 Response::Va(d, f) => (d, f),
                 Response::En => {
                     return Err(Error::NotFound {
@@ -557,7 +593,7 @@ impl Inner {
             let cas_flag = format!("C{cas}");
             let mut req = Requests::new();
             req.ms(key, m.to_string().as_bytes(), &[&ttl, &cas_flag]);
-            match self.one(i, &req).await? {
+            match self.one(i, req).await? {
                 Response::Hd(_) => return Ok(m),
                 Response::Nf => {
                     return Err(Error::NotFound {
@@ -595,7 +631,7 @@ impl Backend for MemcachedBackend {
         let i = inner.pick(key)?;
         let mut req = Requests::new();
         req.mg(key, &["v"]);
-        match inner.one(i, &req).await? {
+        match inner.one(i, req).await? {
             Response::Va(d, f) if is_placeholder(&d, &f) => Ok(None),
             Response::Va(d, _) => Ok(Some(d)),
             Response::En => Ok(None),
@@ -626,7 +662,7 @@ impl Backend for MemcachedBackend {
         let n = format!("N{secs}");
         let mut req = Requests::new();
         req.mg(key, &["c", "v", "t", &n, "R2000000000"]);
-        let (data, flags) = match inner.one(i, &req).await? {
+        let (data, flags) = match inner.one(i, req).await? {
             Response::Va(d, f) => (d, f),
             Response::Hd(f) => (Bytes::new(), f),
             Response::En => return Ok(LeaseGrant::Held),
@@ -650,7 +686,7 @@ impl Backend for MemcachedBackend {
             let c = format!("C{cas}");
             let mut unwin = Requests::new();
             unwin.ms(key, &data, &[&t, &c]);
-            match inner.one(i, &unwin).await? {
+            match inner.one(i, unwin).await? {
                 Response::Hd(_) | Response::Ex | Response::Nf | Response::Ns => {}
                 other => return Err(unexpected(&inner.servers[i].addr, &other)),
             }
@@ -660,7 +696,7 @@ impl Backend for MemcachedBackend {
             let t = format!("T{secs}");
             let mut touch = Requests::new();
             touch.mg(key, &["c", &t]);
-            match inner.one(i, &touch).await? {
+            match inner.one(i, touch).await? {
                 Response::Hd(f) => cas = f.cas.unwrap_or(cas),
                 // Deleted meanwhile: the fill's CAS will fail, as it should.
                 Response::En => {}
@@ -683,7 +719,7 @@ impl Backend for MemcachedBackend {
         let c = format!("C{}", lease.cas());
         let mut req = Requests::new();
         req.ms(key, &value, &[&exptime(ttl), &c]);
-        match inner.one(i, &req).await? {
+        match inner.one(i, req).await? {
             Response::Hd(_) => Ok(true),
             Response::Ex | Response::Nf | Response::Ns => Ok(false),
             other => Err(unexpected(&inner.servers[i].addr, &other)),
@@ -701,7 +737,7 @@ impl Backend for MemcachedBackend {
         let c = format!("C{}", lease.cas());
         let mut req = Requests::new();
         req.md(key, &[&c]);
-        match inner.one(i, &req).await? {
+        match inner.one(i, req).await? {
             Response::Hd(_) | Response::Ex | Response::Nf => Ok(()),
             other => Err(unexpected(&inner.servers[i].addr, &other)),
         }
@@ -717,7 +753,7 @@ impl Backend for MemcachedBackend {
                 req.mg(keys[n], &["v", "q", &opaque]);
             }
             req.mn();
-            inner.exchange(*i, &req, Until::Mn).await.map(|r| (*i, r))
+            inner.exchange(*i, req, Until::Mn).await.map(|r| (*i, r))
         }))
         .await;
         let mut out = vec![None; keys.len()];
@@ -747,7 +783,7 @@ impl Backend for MemcachedBackend {
         inner.check_size(i, key, &value).await?;
         let mut req = Requests::new();
         req.ms(key, &value, &[&exptime(ttl)]);
-        match inner.one(i, &req).await? {
+        match inner.one(i, req).await? {
             Response::Hd(_) => Ok(()),
             Response::ServerError(m) if m.contains("too large") => Err(Error::ValueTooLarge {
                 size: value.len(),
@@ -780,7 +816,7 @@ impl Backend for MemcachedBackend {
             }
             // Not quiet: one answer per entry, in order, so every failure
             // is attributed to its key.
-            match inner.exchange(*i, &req, Until::Count(sent.len())).await {
+            match inner.exchange(*i, req, Until::Count(sent.len())).await {
                 Ok(responses) => {
                     for (n, r) in sent.iter().zip(responses) {
                         if !matches!(r, Response::Hd(_)) {
@@ -812,7 +848,7 @@ impl Backend for MemcachedBackend {
         inner.check_size(i, key, &value).await?;
         let mut req = Requests::new();
         req.ms(key, &value, &[&exptime(ttl), "ME"]);
-        match inner.one(i, &req).await? {
+        match inner.one(i, req).await? {
             Response::Hd(_) => Ok(true),
             Response::Ns => Ok(false),
             other => Err(unexpected(&inner.servers[i].addr, &other)),
@@ -824,7 +860,7 @@ impl Backend for MemcachedBackend {
         let i = inner.pick(key)?;
         let mut req = Requests::new();
         req.md(key, &[]);
-        match inner.one(i, &req).await? {
+        match inner.one(i, req).await? {
             Response::Hd(_) => Ok(true),
             Response::Nf => Ok(false),
             other => Err(unexpected(&inner.servers[i].addr, &other)),
@@ -840,7 +876,7 @@ impl Backend for MemcachedBackend {
                 req.md(keys[n], &["q"]);
             }
             req.mn();
-            let responses = inner.exchange(*i, &req, Until::Mn).await?;
+            let responses = inner.exchange(*i, req, Until::Mn).await?;
             // Quiet md reports only misses (NF); everything else was deleted.
             let missing = responses
                 .iter()
@@ -871,7 +907,7 @@ impl Backend for MemcachedBackend {
         let d = format!("D{delta}");
         let mut req = Requests::new();
         req.ma(key, &["v", &d]);
-        match inner.one(i, &req).await? {
+        match inner.one(i, req).await? {
             Response::Va(data, _) => {
                 let text = std::str::from_utf8(&data).unwrap_or("");
                 let n: u64 = text.trim().parse().map_err(|_| {
@@ -904,7 +940,7 @@ impl Backend for MemcachedBackend {
         let i = inner.pick(key)?;
         let mut req = Requests::new();
         req.mg(key, &[&exptime(ttl)]);
-        match inner.one(i, &req).await? {
+        match inner.one(i, req).await? {
             Response::Hd(_) => Ok(true),
             Response::En => Ok(false),
             other => Err(unexpected(&inner.servers[i].addr, &other)),
@@ -952,7 +988,7 @@ impl Backend for MemcachedBackend {
                             req.md(k, &["q"]);
                         }
                         req.mn();
-                        inner.exchange(i, &req, Until::Mn).await?;
+                        inner.exchange(i, req, Until::Mn).await?;
                     }
                 }
             }

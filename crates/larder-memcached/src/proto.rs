@@ -198,6 +198,11 @@ impl Requests {
         &self.buf
     }
 
+    /// The bytes to write, owned.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.buf
+    }
+
     fn line(&mut self, parts: &[&[u8]]) {
         for (i, p) in parts.iter().enumerate() {
             if i > 0 {
