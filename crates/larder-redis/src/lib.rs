@@ -347,7 +347,11 @@ impl RedisBackend {
                 let connect: Connector = Box::new(move || {
                     let client = client.clone();
                     Box::pin(async move {
-                        let conn = with_deadline(deadline, client.get_connection_manager()).await?;
+                        let conn = with_deadline(
+                            deadline,
+                            client.get_connection_manager_with_config(manager_config()),
+                        )
+                        .await?;
                         Ok(Conn::Single(conn))
                     })
                 });
@@ -487,7 +491,13 @@ impl RedisBackend {
                         self.credentials.tls_ca.clone(),
                     )
                     .map_err(redis_err)?;
-                    out.push(with_deadline(self.deadline, client.get_connection_manager()).await?);
+                    out.push(
+                        with_deadline(
+                            self.deadline,
+                            client.get_connection_manager_with_config(manager_config()),
+                        )
+                        .await?,
+                    );
                 }
                 Ok(out)
             }
@@ -553,6 +563,14 @@ mod tls_support {
     ) -> redis::RedisResult<redis::cluster::ClusterClient> {
         redis::cluster::ClusterClient::new(nodes)
     }
+}
+
+/// How our connection managers are made. Our deadline bounds every call;
+/// redis-rs's own response timeout (500 ms by default) would cut calls short
+/// of a longer configured deadline (the default is 1 s), and costs a second
+/// timer per command.
+fn manager_config() -> redis::aio::ConnectionManagerConfig {
+    redis::aio::ConnectionManagerConfig::new().set_response_timeout(None)
 }
 
 async fn with_deadline<T>(
