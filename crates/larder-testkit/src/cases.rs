@@ -1,8 +1,9 @@
 //! The conformance cases for backends that store. Each takes a [`Ctx`] and
 //! panics with a message naming the broken behaviour.
 //!
-//! Expiry cases use TTLs of whole seconds and wait a little over two seconds,
-//! because memcached and Redis count lifetimes in seconds.
+//! Expiry cases use TTLs of whole seconds ([`SHORT`], 2 s) and wait a little
+//! over three seconds, because memcached counts lifetimes in whole seconds of
+//! a clock that ticks once a second.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -14,10 +15,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::Ctx;
 
-/// A TTL short enough to wait out in a test.
-pub const SHORT: Ttl = Ttl::secs(1);
+/// A TTL short enough to wait out in a test. Two seconds, not one: on
+/// memcached, whose clock ticks once a second, an entry stored for N s lives
+/// between N - 1 and N s, so a 1 s entry may be gone at the next tick, a
+/// millisecond after it was written, and a check that it is present right
+/// after the write would race that tick.
+pub const SHORT: Ttl = Ttl::secs(2);
 /// Longer than [`SHORT`] on every backend, including second-granular ones.
-pub const WAIT_OUT_SHORT: Duration = Duration::from_millis(2100);
+pub const WAIT_OUT_SHORT: Duration = Duration::from_millis(3100);
 const LONG: Ttl = Ttl::secs(3600);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -645,7 +650,7 @@ pub async fn never_ttl_persists(ctx: &Ctx) {
 pub async fn default_ttl_applies(ctx: &Ctx) {
     let c = ctx
         .builder()
-        .default_ttl(Duration::from_secs(1))
+        .default_ttl(Duration::from_secs(2))
         .build()
         .unwrap();
     c.set("k", "v", Ttl::Default).await.unwrap();
