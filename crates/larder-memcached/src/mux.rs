@@ -15,8 +15,8 @@
 //! from being read: with one task, a pipeline bigger than both socket
 //! buffers would deadlock.
 //!
-//! Failure: any I/O or protocol error, or no response for `stall` while
-//! requests are in flight, ends the connection. Every request in flight gets
+//! Failure: any I/O or protocol error, or the oldest request in flight
+//! unanswered `stall` after it was written, ends the connection. Every request in flight gets
 //! the error; the next request opens a new connection. A caller that gives
 //! up (its deadline) does not disturb the stream: its response is read and
 //! dropped when it comes.
@@ -36,6 +36,10 @@ use crate::proto::{self, Response};
 
 /// Requests queued for the writer before callers wait for room.
 const QUEUE: usize = 1024;
+/// Requests in flight at most; past it new requests fail at once (bounded
+/// memory whatever the server does; at the deadline bound this is far above
+/// any real rate on one connection).
+const MAX_IN_FLIGHT: usize = 65_536;
 /// The writer sends at most this many bytes of queued requests per write.
 const BATCH_BYTES: usize = 64 * 1024;
 
@@ -235,6 +239,15 @@ async fn write_requests(
                 }
                 return;
             }
+            if s.in_flight.len() + batch.len() > MAX_IN_FLIGHT {
+                for job in batch {
+                    let _ = job.reply.send(Err(to_error(
+                        std::io::ErrorKind::WouldBlock,
+                        "too many memcached requests in flight on one connection",
+                    )));
+                }
+                continue;
+            }
             let sent_at = Instant::now();
             for job in batch {
                 s.in_flight.push_back(InFlight {
@@ -259,7 +272,6 @@ async fn read_responses(
     stall: Duration,
 ) {
     let mut buf = BytesMut::with_capacity(16 * 1024);
-    let mut last_byte = Instant::now();
     let failure = loop {
         // Route every complete response in the buffer.
         let mut parse_error = None;
@@ -301,15 +313,17 @@ async fn read_responses(
                 return;
             }
         }
-        // A stall is the oldest request in flight unanswered for `stall`
-        // with no byte received meanwhile. Waiting on nothing is not a
-        // stall (an idle connection may sit), nor is a request that was
+        // A stall is the oldest request in flight unanswered `stall` after
+        // it was written, whatever bytes came meanwhile: a server that
+        // trickles a byte now and then must not keep a connection whose
+        // queue of abandoned requests grows without end. Waiting on nothing
+        // is not a stall (an idle connection may sit), nor is a request
         // written just before an idle wait ran out: each wait is cut to the
         // time the oldest request has left.
         let wait = {
             let s = lock(&shared);
             match s.in_flight.front() {
-                Some(f) => stall.saturating_sub(f.sent_at.max(last_byte).elapsed()),
+                Some(f) => stall.saturating_sub(f.sent_at.elapsed()),
                 None => stall,
             }
         };
@@ -319,14 +333,11 @@ async fn read_responses(
                 let s = lock(&shared);
                 match s.in_flight.front() {
                     None if s.writer_done => return,
-                    Some(f) if f.sent_at.max(last_byte).elapsed() >= stall => {
-                        break ConnError::Timeout(stall)
-                    }
+                    Some(f) if f.sent_at.elapsed() >= stall => break ConnError::Timeout(stall),
                     _ => continue,
                 }
             }
         };
-        last_byte = Instant::now();
         match n {
             Ok(0) => {
                 break ConnError::Io(std::io::Error::new(

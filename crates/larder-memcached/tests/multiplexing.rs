@@ -270,3 +270,54 @@ async fn a_silent_server_fails_what_is_in_flight_and_is_replaced() {
     assert_eq!(backend.get("k").await.unwrap(), None);
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// A server that trickles a byte every 50 ms and never completes a
+/// response: every call fails within its deadline, and the connection is
+/// replaced once its oldest request is a deadline old, instead of living on
+/// (with a queue of abandoned requests that grows) as long as bytes come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trickling_server_does_not_keep_its_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let (mut read, mut write) = sock.into_split();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+                loop {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if write.write_all(b"V").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let mut config = MemcachedConfig::new([addr]);
+    config.deadline = Duration::from_millis(300);
+    config.failure_limit = 1000;
+    let backend = MemcachedBackend::new(config).unwrap();
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_millis(1500) {
+        let call = Instant::now();
+        let r = backend.get("k").await;
+        assert!(r.is_err(), "a trickle answered: {r:?}");
+        assert!(
+            call.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            call.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        accepted.load(Ordering::SeqCst) >= 3,
+        "the trickling connection was kept: {} accepted in 1.5 s",
+        accepted.load(Ordering::SeqCst)
+    );
+}
