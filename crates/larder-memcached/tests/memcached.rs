@@ -1,11 +1,11 @@
 //! memcached-specific behaviour, against real servers and deliberately broken
 //! ones.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use larder_core::{Backend, Cache, CacheUrl, Error, Expiry, Ttl};
 use larder_memcached::{MemcachedBackend, MemcachedConfig};
+use larder_testkit::server::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -75,53 +75,13 @@ async fn keys_live_where_ketama_says() {
     assert_eq!(used.len(), 3, "30 keys should spread over all 3 servers");
 }
 
-struct Memcached(Child);
-
-impl Memcached {
-    fn start(port: u16) -> Memcached {
-        let child = Command::new("memcached")
-            .args([
-                "-l",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "0",
-                "-m",
-                "16",
-                "-u",
-                "root",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("memcached installed (scripts/services installs it)");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "memcached on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Memcached(child)
-    }
-}
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// Killing a server ejects it (its keys move to the others, nothing hangs);
 /// after the retry delay a restarted server is used again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_server_is_ejected_and_retried() {
     let (pa, pb) = (21291, 21292);
-    let a = Memcached::start(pa);
-    let mut b_server = Some(Memcached::start(pb));
+    let a = Server::memcached(pa, &[]);
+    let mut b_server = Some(Server::memcached(pb, &[]));
     let mut config = MemcachedConfig::new([format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}")]);
     config.failure_limit = 1;
     config.retry_delay = Duration::from_millis(700);
@@ -153,7 +113,7 @@ async fn dead_server_is_ejected_and_retried() {
     );
 
     // Restart B; after the retry delay it is back in the ring.
-    let _b = Memcached::start(pb);
+    let _b = Server::memcached(pb, &[]);
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(backend.server_for(&key_on_b), Some(b_addr.as_str()));
     assert_eq!(

@@ -2,48 +2,15 @@
 //! caller that asked, an abandoned request never shifts the answers of the
 //! next ones, and a silent server fails what is in flight and is replaced.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use larder_core::{Backend, Expiry};
 use larder_memcached::{MemcachedBackend, MemcachedConfig};
+use larder_testkit::server::Server;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
-
-struct Memcached(Child);
-
-impl Memcached {
-    fn start(port: u16) -> Memcached {
-        let child = Command::new("memcached")
-            .args(["-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0"])
-            // One worker thread: connections are counted in the order they
-            // were accepted (with several, start()'s probe may be counted
-            // after a later connection).
-            .args(["-m", "16", "-u", "root", "-t", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("memcached installed (scripts/services installs it)");
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "memcached on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Memcached(child)
-    }
-}
-
-impl Drop for Memcached {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// memcached's `total_connections`, which counts every accepted connection.
 async fn total_connections(addr: &str) -> u64 {
@@ -64,7 +31,10 @@ async fn total_connections(addr: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_callers_share_one_connection() {
     let port = 21293;
-    let _server = Memcached::start(port);
+    // One worker thread: connections are counted in the order they were
+    // accepted (with several, start()'s probe may be counted after a later
+    // connection).
+    let _server = Server::memcached(port, &["-t", "1"]);
     let addr = format!("127.0.0.1:{port}");
     let mut config = MemcachedConfig::new([addr.clone()]);
     // Sizes are checked against a known limit: no `stats settings` call.

@@ -3,41 +3,11 @@
 //! the deadline. Against a private redis-server (port 26391), since the test
 //! makes it busy on purpose.
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use larder_core::{Backend, CacheUrl, Error, Expiry};
 use larder_redis::RedisBackend;
-
-struct Server(Child);
-
-impl Server {
-    fn start(port: u16) -> Server {
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server installed");
-        let until = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < until,
-                "redis-server on {port} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Server(child)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use larder_testkit::server::Server;
 
 async fn backend(url: &str) -> RedisBackend {
     let mut u = CacheUrl::parse(url).unwrap();
@@ -69,7 +39,7 @@ fn busy(port: u16, ms: u64) -> std::thread::JoinHandle<()> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_answer_within_the_deadline_is_an_answer() {
     let port = 26391;
-    let _server = Server::start(port);
+    let _server = Server::redis(port);
     let b = backend(&format!("redis://127.0.0.1:{port}/0")).await;
     b.set("k", b"v"[..].into(), Expiry::Never).await.unwrap();
     let script = busy(port, 700);
@@ -86,7 +56,7 @@ async fn a_slow_answer_within_the_deadline_is_an_answer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wait_past_the_deadline_is_a_timeout_at_the_deadline() {
     let port = 26392;
-    let _server = Server::start(port);
+    let _server = Server::redis(port);
     let b = backend(&format!("redis://127.0.0.1:{port}/0?deadline_ms=300")).await;
     let script = busy(port, 1200);
     tokio::time::sleep(Duration::from_millis(50)).await;

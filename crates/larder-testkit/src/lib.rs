@@ -30,6 +30,7 @@ use larder_core::{Backend, Cache, CacheBuilder};
 
 pub mod cases;
 pub mod dummy_cases;
+pub mod server;
 
 #[doc(hidden)]
 pub use tokio as __tokio;
