@@ -185,36 +185,48 @@ async fn an_abandoned_request_does_not_shift_the_answers() {
     }
 }
 
-/// A server that accepts and then says nothing: every caller in flight
-/// fails within the deadline (none waits forever), and the next call opens
-/// a new connection, which here answers.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_server_fails_what_is_in_flight_and_is_replaced() {
+/// A listener on a free port that runs `conn` on every connection it
+/// accepts (with its ordinal, from 0) and counts them.
+async fn counting_server<F, Fut>(conn: F) -> (String, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream, usize) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = accepted.clone();
     tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
+        while let Ok((sock, _)) = listener.accept().await {
             let nth = counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = [0u8; 4096];
-                loop {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        // The first connection swallows everything; later
-                        // ones answer each read with a miss.
-                        Ok(_) if nth == 0 => {}
-                        Ok(_) => {
-                            if sock.write_all(b"EN\r\n").await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                }
-            });
+            tokio::spawn(conn(sock, nth));
         }
     });
+    (addr, accepted)
+}
+
+/// A server that accepts and then says nothing: every caller in flight
+/// fails within the deadline (none waits forever), and the next call opens
+/// a new connection, which here answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_server_fails_what_is_in_flight_and_is_replaced() {
+    let (addr, accepted) = counting_server(|mut sock, nth| async move {
+        let mut buf = [0u8; 4096];
+        loop {
+            match sock.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                // The first connection swallows everything; later ones
+                // answer each read with a miss.
+                Ok(_) if nth == 0 => {}
+                Ok(_) => {
+                    if sock.write_all(b"EN\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
     let mut config = MemcachedConfig::new([addr]);
     config.deadline = Duration::from_millis(300);
     config.failure_limit = 1000;
@@ -247,28 +259,20 @@ async fn a_silent_server_fails_what_is_in_flight_and_is_replaced() {
 /// (with a queue of abandoned requests that grows) as long as bytes come.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trickling_server_does_not_keep_its_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = accepted.clone();
-    tokio::spawn(async move {
-        while let Ok((sock, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let (mut read, mut write) = sock.into_split();
-                tokio::spawn(async move {
-                    let mut buf = [0u8; 4096];
-                    while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
-                });
-                loop {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    if write.write_all(b"V").await.is_err() {
-                        return;
-                    }
-                }
-            });
+    let (addr, accepted) = counting_server(|sock, _| async move {
+        let (mut read, mut write) = sock.into_split();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 4096];
+            while matches!(read.read(&mut buf).await, Ok(n) if n > 0) {}
+        });
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if write.write_all(b"V").await.is_err() {
+                return;
+            }
         }
-    });
+    })
+    .await;
     let mut config = MemcachedConfig::new([addr]);
     config.deadline = Duration::from_millis(300);
     config.failure_limit = 1000;
