@@ -232,10 +232,12 @@ fn deliver(events: &tokio::sync::mpsc::UnboundedSender<BusEvent>, payload: &str)
 }
 
 /// The subscriber of a bus on a Redis Cluster: `SSUBSCRIBE` to every
-/// sharded channel over RESP3; redis-rs resubscribes after a node's
-/// connection drops, and every subscription confirmed after the first
-/// round is reported as [`BusEvent::Resubscribed`] (messages sent meanwhile
-/// are lost; the near cache clears its L1).
+/// sharded channel over RESP3. When a node's connection drops, it starts
+/// over with a new client (which reads the topology as it is now) and
+/// reports [`BusEvent::Resubscribed`] once every channel is subscribed
+/// again (messages sent meanwhile are lost; the near cache clears its L1).
+/// A subscription redis-rs itself confirms again later (a slot moved) is
+/// reported the same way.
 async fn subscribe_cluster(
     nodes: Vec<String>,
     channel: String,
@@ -247,7 +249,7 @@ async fn subscribe_cluster(
     let mut backoff = Duration::from_millis(50);
     while !events.is_closed() {
         let (tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
-        let connected = tokio::time::timeout(Duration::from_secs(5), async {
+        let connected = tokio::time::timeout(Duration::from_secs(2), async {
             let client = redis::cluster::ClusterClientBuilder::new(nodes.clone())
                 .use_protocol(redis::ProtocolVersion::RESP3)
                 .push_sender(tx)
@@ -279,9 +281,9 @@ async fn subscribe_cluster(
         if events.send(BusEvent::Resubscribed).is_err() {
             return;
         }
-        // The first round's confirmations, then anything after a drop.
+        // The first round's confirmations, then any later one (redis-rs
+        // resubscribing after a slot moved).
         let mut confirmations = 0u32;
-        let mut lost = false;
         while let Some(push) = pushes.recv().await {
             match push.kind {
                 redis::PushKind::SMessage => {
@@ -296,19 +298,23 @@ async fn subscribe_cluster(
                 }
                 redis::PushKind::SSubscribe => {
                     confirmations += 1;
-                    if (confirmations > CLUSTER_CHANNELS || lost)
+                    if confirmations > CLUSTER_CHANNELS
                         && events.send(BusEvent::Resubscribed).is_err()
                     {
                         return;
                     }
-                    lost = false;
                 }
                 redis::PushKind::Disconnection => {
+                    // Start over rather than trust redis-rs to move the
+                    // subscriptions: after a master fails over, the channels
+                    // it carried never delivered again (tested). A new
+                    // client reads the new topology and subscribes every
+                    // channel where it lives now.
                     tracing::warn!(
                         channel,
-                        "redis cluster bus: a node connection dropped; resubscribing"
+                        "redis cluster bus: a node connection dropped; subscribing again"
                     );
-                    lost = true;
+                    break;
                 }
                 _ => {}
             }
