@@ -1,7 +1,8 @@
 //! The near-cache bus on a Redis Cluster whose master dies: after the
 //! replica takes over, the subscriber reports the loss (so near caches clear
 //! their L1) and every sharded channel delivers again. A private 6-node
-//! cluster (ports 27211-27216), since the test kills one of its masters.
+//! cluster (ports 27211-27216, bus ports 27221-27226), since the test kills
+//! one of its masters.
 
 use std::collections::BTreeSet;
 use std::process::Command;
@@ -18,6 +19,10 @@ fn node(port: u16, dir: &std::path::Path) -> Server {
     cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "1000"])
+        // The bus port would default to port + 10000 (37211…), inside the
+        // kernel's ephemeral range, where another test's outgoing
+        // connection may hold it: give it a port below that range.
+        .args(["--cluster-port", &(port + 10).to_string()])
         .arg("--cluster-config-file")
         .arg(dir.join(format!("nodes-{port}.conf")))
         .arg("--dir")
@@ -85,17 +90,31 @@ async fn the_cluster_bus_delivers_on_every_channel_after_a_master_fails_over() {
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Option<Server>> = PORTS.iter().map(|&p| Some(node(p, dir.path()))).collect();
     let addrs: Vec<String> = PORTS.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let created = Command::new("redis-cli")
-        .args(["--cluster", "create"])
-        .args(&addrs)
-        .args(["--cluster-replicas", "1", "--cluster-yes"])
-        .output()
-        .expect("redis-cli");
-    assert!(
-        created.status.success(),
-        "cluster create: {}",
-        String::from_utf8_lossy(&created.stdout)
-    );
+    // Every node answers before the cluster is made, and the create is
+    // retried: on a loaded machine a node may not be ready at once.
+    wait_for("every node to answer PING", Duration::from_secs(20), || {
+        PORTS.iter().all(|&p| cli(p, &["ping"]).trim() == "PONG")
+    });
+    let mut attempts = 0;
+    loop {
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli");
+        if created.status.success() {
+            break;
+        }
+        attempts += 1;
+        assert!(
+            attempts < 5,
+            "cluster create: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     wait_for(
         "cluster_state:ok on every node",
         Duration::from_secs(20),
