@@ -73,6 +73,19 @@ fn to_error(kind: std::io::ErrorKind, msg: &str) -> ConnError {
     ConnError::Io(std::io::Error::new(kind, msg.to_owned()))
 }
 
+/// Answers each of `jobs` with the same error.
+fn fail(jobs: impl IntoIterator<Item = Job>, kind: std::io::ErrorKind, msg: &str) {
+    for job in jobs {
+        let _ = job.reply.send(Err(to_error(kind, msg)));
+    }
+}
+
+/// Closes the queue and fails what is in it: later senders see it closed.
+fn fail_queued(rx: &mut mpsc::Receiver<Job>, kind: std::io::ErrorKind, msg: &str) {
+    rx.close();
+    fail(std::iter::from_fn(|| rx.try_recv().ok()), kind, msg);
+}
+
 impl Shared {
     /// Ends the connection: every request in flight fails with `why`.
     fn end(&mut self, why: &ConnError) {
@@ -169,16 +182,8 @@ async fn drive(
     let stream = match connected {
         Ok(s) => s,
         Err(e) => {
-            // Fail what is queued now; later senders see the closed channel.
-            rx.close();
-            let e = ConnError::Io(e);
-            while let Ok(job) = rx.try_recv() {
-                let _ = job.reply.send(Err(to_error(
-                    std::io::ErrorKind::ConnectionRefused,
-                    &e.to_string(),
-                )));
-            }
-            lock(&shared).end(&e);
+            fail_queued(&mut rx, e.kind(), &e.to_string());
+            lock(&shared).end(&ConnError::Io(e));
             return;
         }
     };
@@ -188,13 +193,11 @@ async fn drive(
     // The writer stops when every handle is gone or the connection ended.
     // Either way nothing new can be queued; what is in flight is still
     // answered (the reader ends on EOF, a stall, or once it is empty).
-    rx.close();
-    while let Ok(job) = rx.try_recv() {
-        let _ = job.reply.send(Err(to_error(
-            std::io::ErrorKind::BrokenPipe,
-            "memcached connection closed",
-        )));
-    }
+    fail_queued(
+        &mut rx,
+        std::io::ErrorKind::BrokenPipe,
+        "memcached connection closed",
+    );
     let idle = {
         let mut s = lock(&shared);
         s.writer_done = true;
@@ -229,23 +232,16 @@ async fn write_requests(
             // In flight before written, so the reader finds every response's
             // request however fast the server answers.
             let mut s = lock(shared);
-            if s.ended.is_some() {
-                let (kind, msg) = s
-                    .ended
-                    .clone()
-                    .unwrap_or((std::io::ErrorKind::Other, String::new()));
-                for job in batch {
-                    let _ = job.reply.send(Err(to_error(kind, &msg)));
-                }
+            if let Some((kind, msg)) = &s.ended {
+                fail(batch, *kind, msg);
                 return;
             }
             if s.in_flight.len() + batch.len() > MAX_IN_FLIGHT {
-                for job in batch {
-                    let _ = job.reply.send(Err(to_error(
-                        std::io::ErrorKind::WouldBlock,
-                        "too many memcached requests in flight on one connection",
-                    )));
-                }
+                fail(
+                    batch,
+                    std::io::ErrorKind::WouldBlock,
+                    "too many memcached requests in flight on one connection",
+                );
                 continue;
             }
             let sent_at = Instant::now();

@@ -205,6 +205,15 @@ where
     (addr, accepted)
 }
 
+/// A backend on `addr` with a 300 ms deadline that never ejects the server
+/// (so every call below goes to it).
+fn never_ejecting(addr: String) -> MemcachedBackend {
+    let mut config = MemcachedConfig::new([addr]);
+    config.deadline = Duration::from_millis(300);
+    config.failure_limit = 1000;
+    MemcachedBackend::new(config).unwrap()
+}
+
 /// A server that accepts and then says nothing: every caller in flight
 /// fails within the deadline (none waits forever), and the next call opens
 /// a new connection, which here answers.
@@ -227,10 +236,7 @@ async fn a_silent_server_fails_what_is_in_flight_and_is_replaced() {
         }
     })
     .await;
-    let mut config = MemcachedConfig::new([addr]);
-    config.deadline = Duration::from_millis(300);
-    config.failure_limit = 1000;
-    let backend = MemcachedBackend::new(config).unwrap();
+    let backend = never_ejecting(addr);
     let started = Instant::now();
     let calls: Vec<_> = (0..16)
         .map(|i| {
@@ -273,10 +279,7 @@ async fn a_trickling_server_does_not_keep_its_connection() {
         }
     })
     .await;
-    let mut config = MemcachedConfig::new([addr]);
-    config.deadline = Duration::from_millis(300);
-    config.failure_limit = 1000;
-    let backend = MemcachedBackend::new(config).unwrap();
+    let backend = never_ejecting(addr);
     let started = Instant::now();
     while started.elapsed() < Duration::from_millis(1500) {
         let call = Instant::now();
