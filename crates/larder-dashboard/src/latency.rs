@@ -4,12 +4,15 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::telemetry::Telemetry;
+#[cfg(doc)]
 use crate::Dashboard;
 
 /// Wraps a service so that every request it answers is recorded with
@@ -22,12 +25,14 @@ use crate::Dashboard;
 /// does not count.
 #[derive(Clone, Debug)]
 pub struct LatencyLayer {
-    dashboard: Dashboard,
+    // The telemetry alone, not the whole dashboard: a request clones it,
+    // and the dashboard's sections are a list of named closures.
+    telemetry: Arc<Telemetry>,
 }
 
 impl LatencyLayer {
-    pub(crate) fn new(dashboard: Dashboard) -> Self {
-        LatencyLayer { dashboard }
+    pub(crate) fn new(telemetry: Arc<Telemetry>) -> Self {
+        LatencyLayer { telemetry }
     }
 }
 
@@ -37,7 +42,7 @@ impl<S> Layer<S> for LatencyLayer {
     fn layer(&self, inner: S) -> Latency<S> {
         Latency {
             inner,
-            dashboard: self.dashboard.clone(),
+            telemetry: self.telemetry.clone(),
         }
     }
 }
@@ -46,7 +51,7 @@ impl<S> Layer<S> for LatencyLayer {
 #[derive(Clone, Debug)]
 pub struct Latency<S> {
     inner: S,
-    dashboard: Dashboard,
+    telemetry: Arc<Telemetry>,
 }
 
 impl<S, R> Service<R> for Latency<S>
@@ -65,7 +70,7 @@ where
         LatencyFuture {
             inner: self.inner.call(req),
             started: Instant::now(),
-            dashboard: Some(self.dashboard.clone()),
+            telemetry: Some(self.telemetry.clone()),
         }
     }
 }
@@ -78,7 +83,7 @@ pin_project_lite::pin_project! {
         started: Instant,
         // Taken when the latency is recorded, so a future polled after
         // completion records nothing twice.
-        dashboard: Option<Dashboard>,
+        telemetry: Option<Arc<Telemetry>>,
     }
 }
 
@@ -88,8 +93,8 @@ impl<F: Future> Future for LatencyFuture<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let out = std::task::ready!(this.inner.poll(cx));
-        if let Some(d) = this.dashboard.take() {
-            d.record_latency(this.started.elapsed());
+        if let Some(t) = this.telemetry.take() {
+            t.record_latency(this.started.elapsed());
         }
         Poll::Ready(out)
     }

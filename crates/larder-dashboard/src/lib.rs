@@ -151,7 +151,7 @@ impl Dashboard {
     /// # }
     /// ```
     pub fn latency_layer(&self) -> LatencyLayer {
-        LatencyLayer::new(self.clone())
+        LatencyLayer::new(self.telemetry.clone())
     }
 
     /// What `stats.json` answers now.

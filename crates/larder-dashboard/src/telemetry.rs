@@ -18,6 +18,9 @@ pub(crate) struct Telemetry {
     prometheus: PrometheusHandle,
     latencies: Mutex<VecDeque<(Instant, f64)>>,
     requests: std::sync::atomic::AtomicU64,
+    /// `larder_request_seconds`, looked up once: `histogram!` per request
+    /// would search the recorder's registry every time.
+    request_seconds: metrics::Histogram,
     started: Instant,
 }
 
@@ -57,6 +60,8 @@ impl Telemetry {
                     prometheus,
                     latencies: Mutex::new(VecDeque::new()),
                     requests: Default::default(),
+                    // After the recorder is installed, so it is registered there.
+                    request_seconds: metrics::histogram!("larder_request_seconds"),
                     started: Instant::now(),
                 })
             })
@@ -68,7 +73,7 @@ impl Telemetry {
         let now = Instant::now();
         self.requests
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        metrics::histogram!("larder_request_seconds").record(d.as_secs_f64());
+        self.request_seconds.record(d.as_secs_f64());
         let mut l = self.latencies.lock().unwrap_or_else(|e| e.into_inner());
         l.push_back((now, d.as_secs_f64() * 1000.0));
         while l
