@@ -548,18 +548,25 @@ impl HttpCache {
             return;
         }
         let now = unix_ms();
+        let until = now + millis(self.shared.uncacheable_for);
         let mut map = self
             .shared
             .uncacheable
             .lock()
             .unwrap_or_else(|p| p.into_inner());
+        // Every pass-through of a known URL lands here: renew in place,
+        // without allocating its key again.
+        if let Some(known) = map.get_mut(pkey) {
+            *known = until;
+            return;
+        }
         if map.len() >= UNCACHEABLE_CAP {
             map.retain(|_, until| *until > now);
             if map.len() >= UNCACHEABLE_CAP {
                 map.clear();
             }
         }
-        map.insert(pkey.to_owned(), now + millis(self.shared.uncacheable_for));
+        map.insert(pkey.to_owned(), until);
     }
 
     fn forget_uncacheable(&self, pkey: &str) {
