@@ -404,6 +404,64 @@ async fn when_every_connection_is_busy_new_ones_get_503() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_spread_over_the_workers() {
+    let (up, _origin) = origin().await;
+    let p = start_proxy(up, "mem://", &["--workers", "3"]);
+    let port = p.port;
+    let status = client(move || {
+        // A burst of keep-alive connections, each served once and kept
+        // open: whichever worker woke first must not keep them all.
+        let conns: Vec<TcpStream> = (0..12)
+            .map(|_| TcpStream::connect(("127.0.0.1", port)).unwrap())
+            .collect();
+        for mut c in &conns {
+            c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            c.write_all(b"GET /page HTTP/1.1\r\nHost: site.test\r\n\r\n")
+                .unwrap();
+            let mut buf = [0u8; 4096];
+            let n = c.read(&mut buf).unwrap();
+            assert!(buf[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &buf[..n]);
+        }
+        let status = status_json(&p);
+        drop(conns);
+        status
+    })
+    .await;
+    let per_worker: Vec<u64> = status["connections"]["per_worker"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{status}"))
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .collect();
+    assert_eq!(per_worker.len(), 3, "{status}");
+    assert_eq!(per_worker.iter().sum::<u64>(), 12, "{status}");
+    let (min, max) = (
+        per_worker.iter().min().unwrap(),
+        per_worker.iter().max().unwrap(),
+    );
+    assert!(max - min <= 2, "connections not spread: {per_worker:?}");
+}
+
+#[test]
+fn the_worker_count_is_checked() {
+    for bad in ["0", "1025", "many"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_larder"))
+            .args([
+                "proxy",
+                "--upstream",
+                "http://127.0.0.1:1",
+                "--workers",
+                bad,
+            ])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "--workers {bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--workers"), "{err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upstream_body_fails_everyone_once_and_is_never_a_short_200() {
     let (up, origin) = origin().await;
     let p = start_proxy(up, "mem://", &["--upstream-body-timeout", "1"]);

@@ -161,6 +161,11 @@ pub struct ProxyArgs {
     /// uncacheable, so its requests go to the upstream in parallel (0: off).
     #[arg(long, default_value_t = 60)]
     uncacheable_for: u64,
+    /// Threads serving traffic, each with its own event loop and its own
+    /// upstream connections (like nginx's worker_processes). Default: one
+    /// per CPU.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    workers: Option<u16>,
 }
 
 #[derive(Clone)]
@@ -230,7 +235,9 @@ pub fn run(mut args: ProxyArgs, config: Option<&str>) -> Result<(), CliError> {
     if args.cdn {
         target_fields.push(larder_http::CDN_CACHE_CONTROL);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // The acceptor, the admin listener and the cache's own connections run
+    // here; traffic is served on the worker threads (`server::Workers`).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
@@ -287,9 +294,6 @@ async fn serve(
         .build();
     let stats = Arc::new(Stats::default());
     let server_stats = Arc::new(ServerStats::default());
-    let cached = http
-        .layer()
-        .layer(Upstream::new(upstream.clone(), timeouts, stats.clone()));
     let dashboard = {
         let (errors, upstream) = (stats.clone(), upstream.to_string());
         dashboard
@@ -301,27 +305,43 @@ async fn serve(
             })
     };
     let state = AppState {
-        http,
-        stats,
+        http: http.clone(),
+        stats: stats.clone(),
         server: server_stats.clone(),
-        upstream,
+        upstream: upstream.clone(),
         started: Instant::now(),
         dashboard: dashboard.clone(),
     };
     let admin = admin_router(state.clone(), token.clone());
-    let edge = Edge {
-        cached,
-        max_request_body: args.max_request_body,
-    };
     let own_paths = if args.admin_on_traffic {
         admin.clone()
     } else {
-        Router::new()
-            .route("/_larder", any(not_found))
-            .route("/_larder/{*rest}", any(not_found))
+        Router::new().fallback(not_found)
     };
-    // Latency of the traffic only, not of the admin paths beside it.
-    let traffic = own_paths.fallback_service(tower::Layer::layer(&dashboard.latency_layer(), edge));
+    // Each worker builds its own stack on its own thread, so the upstream
+    // client's pooled connections live where its requests are served.
+    let max_request_body = args.max_request_body;
+    let latency = dashboard.latency_layer();
+    let traffic = move || {
+        let cached = http
+            .layer()
+            .layer(Upstream::new(upstream.clone(), timeouts, stats.clone()));
+        Traffic {
+            own: own_paths.clone(),
+            // Latency of the traffic only, not of the admin paths beside it.
+            edge: tower::Layer::layer(
+                &latency,
+                Edge {
+                    cached,
+                    max_request_body,
+                },
+            ),
+        }
+    };
+    let workers = match args.workers {
+        Some(n) => usize::from(n),
+        None => std::thread::available_parallelism().map_or(1, usize::from),
+    };
     let limits = Limits {
         header_timeout: Duration::from_secs(args.header_timeout),
         idle_timeout: Duration::from_secs(args.idle_timeout),
@@ -373,11 +393,68 @@ async fn serve(
         cache_url,
         admin_addr.map_or("off".to_owned(), |a| format!("http://{a}/_larder")),
     );
-    server::serve(listener, limits, traffic, server_stats, async {
+    server::serve_on_workers(listener, workers, limits, traffic, server_stats, async {
         let _ = tokio::signal::ctrl_c().await;
     })
-    .await;
-    Ok(())
+    .await
+    .map_err(|e| CliError::failed(format!("cannot start the proxy's workers: {e}")))
+}
+
+/// The traffic listener's service: the proxy's own paths (`/_larder` and
+/// below: 404, or the admin routes with `--admin-on-traffic`) apart from
+/// everything else, which goes to the edge. Chosen by a prefix test rather
+/// than a router, whose per-request clone of a boxed service a hit would
+/// pay for nothing.
+#[derive(Clone)]
+struct Traffic {
+    own: Router,
+    edge: larder_dashboard::Latency<Edge>,
+}
+
+/// Whether `path` is one of the proxy's own (`/_larder`, `/_larder/…`).
+fn is_own_path(path: &str) -> bool {
+    path.strip_prefix("/_larder")
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn own_paths_are_larder_and_below_only() {
+        for own in ["/_larder", "/_larder/", "/_larder/status", "/_larder/a/b"] {
+            assert!(super::is_own_path(own), "{own}");
+        }
+        for theirs in ["/", "/_larderx", "/_larder.json", "/x/_larder", "//_larder"] {
+            assert!(!super::is_own_path(theirs), "{theirs}");
+        }
+    }
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for Traffic {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = futures_util::future::Either<
+        axum::routing::future::RouteFuture<std::convert::Infallible>,
+        larder_dashboard::LatencyFuture<EdgeFuture>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // A router is always ready.
+        tower::Service::poll_ready(&mut self.edge, cx)
+    }
+
+    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        use futures_util::future::Either;
+        let req = req.map(Body::new);
+        if is_own_path(req.uri().path()) {
+            Either::Left(tower::Service::call(&mut self.own, req))
+        } else {
+            Either::Right(tower::Service::call(&mut self.edge, req))
+        }
+    }
 }
 
 /// The traffic path: request checks, then the cache and the upstream.
@@ -541,6 +618,7 @@ async fn status(State(state): State<AppState>) -> Response {
             "open": state.server.open.load(Ordering::Relaxed),
             "refused": state.server.refused.load(Ordering::Relaxed),
             "timed_out": state.server.timed_out.load(Ordering::Relaxed),
+            "per_worker": state.server.open_per_worker(),
         },
         "hit_ratio": if requests == 0 { 0.0 } else { served as f64 / requests as f64 },
         "breaker": format!("{:?}", state.http.store().breaker_state()),

@@ -22,7 +22,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
@@ -370,21 +370,118 @@ impl Registry {
 }
 
 /// Counts of what the server did, for the status page.
-#[derive(Default, Debug)]
+#[derive(Default)]
 pub struct ServerStats {
     pub open: AtomicU64,
     pub refused: AtomicU64,
     pub timed_out: AtomicU64,
+    /// The workers, once [`serve_on_workers`] started them.
+    workers: std::sync::OnceLock<Arc<[Peer]>>,
 }
 
-/// Accepts connections on `listener` and serves each with `service` until
-/// `shutdown` completes; then lets open connections finish for up to 5 s.
-pub async fn serve<S>(
+impl ServerStats {
+    /// How many connections each worker serves now (empty before the
+    /// workers start, and for a listener served in place).
+    pub fn open_per_worker(&self) -> Vec<usize> {
+        self.workers.get().map_or_else(Vec::new, |w| {
+            w.iter().map(|p| p.open.load(Ordering::Acquire)).collect()
+        })
+    }
+}
+
+/// A connection accepted and counted by one worker, handed to another
+/// that serves fewer.
+struct Accepted {
+    stream: std::net::TcpStream,
+    peer: std::net::SocketAddr,
+    id: u64,
+    state: Arc<ConnState>,
+}
+
+/// One worker thread as the others see it: where connections handed to
+/// it go, and how many it serves now.
+struct Peer {
+    tx: tokio::sync::mpsc::UnboundedSender<Accepted>,
+    open: AtomicUsize,
+}
+
+/// Serves `listener` on `workers` threads, each a current-thread runtime
+/// with its own copy of the service (built by `make` on that thread, so
+/// whatever it spawns, such as an upstream client's connections, lives
+/// there), until `shutdown` completes; then lets open connections finish
+/// for up to 5 s.
+///
+/// This is nginx's worker model: a connection's task, the upstream
+/// connection its request goes out on and the timers of both stay on one
+/// thread, so a request wakes no other thread (on two cores a cross-thread
+/// wakeup per request cost about 30 µs at one connection). Every worker
+/// accepts on the shared listener and serves what it accepts, unless it
+/// already serves more than one connection above the least busy worker:
+/// then it hands the connection over, so a burst of long-lived
+/// connections taken by whichever thread woke first still spreads evenly.
+pub async fn serve_on_workers<S, F>(
     listener: TcpListener,
+    workers: usize,
     limits: Limits,
-    service: S,
+    make: F,
     stats: Arc<ServerStats>,
     shutdown: impl Future<Output = ()>,
+) -> io::Result<()>
+where
+    F: Fn() -> S + Send + Clone + 'static,
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = ConnContext::new(limits, stats, stop_rx);
+    let listener = listener.into_std()?;
+    let n = workers.max(1);
+    let mut inboxes = Vec::with_capacity(n);
+    let mut peers = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        inboxes.push(rx);
+        peers.push(Peer {
+            tx,
+            open: AtomicUsize::new(0),
+        });
+    }
+    let peers: Arc<[Peer]> = peers.into();
+    let _ = ctx.stats.workers.set(peers.clone());
+    for (i, inbox) in inboxes.into_iter().enumerate() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let listener = listener.try_clone()?;
+        let (ctx, peers, make) = (ctx.clone(), peers.clone(), make.clone());
+        std::thread::Builder::new()
+            .name(format!("larder-proxy-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => worker(i, listener, inbox, ctx, peers, make()).await,
+                        Err(e) => tracing::error!(error = %e, "a proxy worker cannot listen"),
+                    }
+                })
+            })?;
+    }
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    ctx.drain().await;
+    Ok(())
+}
+
+/// One worker: accepts, takes connections handed to it, serves them.
+async fn worker<S>(
+    me: usize,
+    listener: TcpListener,
+    mut inbox: tokio::sync::mpsc::UnboundedReceiver<Accepted>,
+    ctx: ConnContext,
+    peers: Arc<[Peer]>,
+    service: S,
 ) where
     S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
         + Clone
@@ -392,53 +489,187 @@ pub async fn serve<S>(
         + 'static,
     S::Future: Send + 'static,
 {
-    let registry = Arc::new(Registry::default());
-    let origin = MonotonicMs::new();
     let accept_failures = larder::backend::FailureLog::new("proxy accept");
-    let (stop_tx, stop_rx) = watch::channel(false);
-    // No hyper timer: the watchdog below bounds every wait, and hyper's
-    // header timer is re-armed for every request head. No `max_headers`
-    // either: hyper's default (100) parses into an inline array, a
-    // configured count into a heap allocation per request (1.8% of a hit).
-    let mut builder = hyper::server::conn::http1::Builder::new();
-    builder
-        .max_buf_size(limits.max_header_bytes.max(16 * 1024))
-        .max_header_size(limits.max_header_bytes);
-    let mut next_id = 0u64;
-    tokio::pin!(shutdown);
+    let mut stop = ctx.stop.clone();
+    let serve_here = |stream, peer, id, state| {
+        peers[me].open.fetch_add(1, Ordering::AcqRel);
+        let (peers, done) = (peers.clone(), move |peers: &[Peer]| {
+            peers[me].open.fetch_sub(1, Ordering::AcqRel);
+        });
+        ctx.spawn_conn(service.clone(), stream, peer, id, state, move || {
+            done(&peers)
+        });
+    };
     loop {
-        let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => { accept_failures.success(); x }
-                Err(e) => {
-                    // Out of file descriptors, mostly: wait for some to close.
-                    accept_failures.failure(&e);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::select! {
+            r = listener.accept() => {
+                let (stream, peer) = match r {
+                    Ok(x) => { accept_failures.success(); x }
+                    Err(e) => {
+                        // Out of file descriptors, mostly: wait for some to close.
+                        accept_failures.failure(&e);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Some((id, state)) = ctx.admit(&stream) else {
+                    tokio::spawn(refuse(stream));
                     continue;
+                };
+                let mine = peers[me].open.load(Ordering::Acquire);
+                let least = peers
+                    .iter()
+                    .enumerate()
+                    .min_by_key(|(_, p)| p.open.load(Ordering::Acquire))
+                    .filter(|(_, p)| p.open.load(Ordering::Acquire) + 1 < mine);
+                let Some((other, _)) = least else {
+                    serve_here(stream, peer, id, state);
+                    continue;
+                };
+                // Counted there before it arrives, so a burst spreads.
+                peers[other].open.fetch_add(1, Ordering::AcqRel);
+                let handed = stream.into_std().map(|stream| Accepted { stream, peer, id, state });
+                match handed {
+                    Ok(a) => {
+                        if let Err(back) = peers[other].tx.send(a) {
+                            // That worker is gone (it can only have
+                            // panicked): serve it here after all.
+                            peers[other].open.fetch_sub(1, Ordering::AcqRel);
+                            let a = back.0;
+                            match TcpStream::from_std(a.stream) {
+                                Ok(s) => serve_here(s, a.peer, a.id, a.state),
+                                Err(_) => ctx.forget(a.id),
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot hand a connection over");
+                        peers[other].open.fetch_sub(1, Ordering::AcqRel);
+                        ctx.forget(id);
+                    }
                 }
-            },
-            _ = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        if !registry.make_room(limits.max_connections) {
-            stats.refused.fetch_add(1, Ordering::Relaxed);
-            tokio::spawn(refuse(stream));
-            continue;
+            }
+            Some(a) = inbox.recv() => {
+                // Counted here by the worker that handed it over.
+                peers[me].open.fetch_sub(1, Ordering::AcqRel);
+                match TcpStream::from_std(a.stream) {
+                    Ok(stream) => serve_here(stream, a.peer, a.id, a.state),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot take over a connection");
+                        ctx.forget(a.id);
+                    }
+                }
+            }
+            _ = stop.changed() => break,
         }
-        next_id += 1;
-        let id = next_id;
-        let state = Arc::new(ConnState::new(origin));
-        registry
+    }
+    // Told to stop: the connections here were told to finish; serve them
+    // until they have (the process waits at most 5 s for them).
+    while peers[me].open.load(Ordering::Acquire) > 0 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What serving any connection needs, shared by every thread that
+/// accepts or serves connections.
+#[derive(Clone)]
+struct ConnContext {
+    registry: Arc<Registry>,
+    stats: Arc<ServerStats>,
+    limits: Limits,
+    stop: watch::Receiver<bool>,
+    builder: hyper::server::conn::http1::Builder,
+    origin: MonotonicMs,
+    next_id: Arc<AtomicU64>,
+}
+
+impl ConnContext {
+    fn new(limits: Limits, stats: Arc<ServerStats>, stop: watch::Receiver<bool>) -> Self {
+        // No hyper timer: the watchdog bounds every wait, and hyper's
+        // header timer is re-armed for every request head. No
+        // `max_headers` either: hyper's default (100) parses into an
+        // inline array, a configured count into a heap allocation per
+        // request (1.8% of a hit).
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .max_buf_size(limits.max_header_bytes.max(16 * 1024))
+            .max_header_size(limits.max_header_bytes);
+        ConnContext {
+            registry: Arc::default(),
+            stats,
+            limits,
+            stop,
+            builder,
+            origin: MonotonicMs::new(),
+            next_id: Arc::default(),
+        }
+    }
+
+    /// Counts a new connection: `None` when it must be refused (every
+    /// connection is busy), else its id and state.
+    fn admit(&self, stream: &TcpStream) -> Option<(u64, Arc<ConnState>)> {
+        let _ = stream.set_nodelay(true);
+        if !self.registry.make_room(self.limits.max_connections) {
+            self.stats.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let state = Arc::new(ConnState::new(self.origin));
+        self.registry
             .conns
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(id, state.clone());
-        stats.open.fetch_add(1, Ordering::Relaxed);
-        let svc = service.clone();
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        Some((id, state))
+    }
+
+    /// Waits up to 5 s for the open connections to finish.
+    async fn drain(&self) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while !self
+            .registry
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+            && Instant::now() < until
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The connection is gone: it no longer counts.
+    fn forget(&self, id: u64) {
+        self.registry
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Serves one connection in a task of the current runtime; `closed`
+    /// runs when it is gone.
+    fn spawn_conn<S>(
+        &self,
+        service: S,
+        stream: TcpStream,
+        peer: std::net::SocketAddr,
+        id: u64,
+        state: Arc<ConnState>,
+        closed: impl FnOnce() + Send + 'static,
+    ) where
+        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let conn_state = state.clone();
         let hyper_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
             let busy = conn_state.begin();
-            let mut svc = svc.clone();
+            let mut svc = service.clone();
             let client = ClientConn {
                 addr: peer,
                 version: req.version(),
@@ -460,12 +691,11 @@ pub async fn serve<S>(
             interim: Vec::new(),
             interim_at: 0,
         });
-        let conn = builder.serve_connection(io, hyper_svc);
-        let registry = registry.clone();
-        let stats = stats.clone();
-        let mut stop = stop_rx.clone();
+        let conn = self.builder.serve_connection(io, hyper_svc);
+        let ctx = self.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);
+            let mut stop = ctx.stop.clone();
             let mut tick = tokio::time::interval(Duration::from_millis(500));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             let mut stopping = false;
@@ -478,9 +708,9 @@ pub async fn serve<S>(
                         state.shedding.store(false, Ordering::Release);
                     }
                     _ = tick.tick() => {
-                        if let Some(why) = state.expired(&limits) {
+                        if let Some(why) = state.expired(&ctx.limits) {
                             tracing::debug!(%peer, why, "closing connection");
-                            stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                            ctx.stats.timed_out.fetch_add(1, Ordering::Relaxed);
                             break;
                         }
                     }
@@ -490,25 +720,55 @@ pub async fn serve<S>(
                     }
                 }
             }
-            registry
-                .conns
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id);
-            stats.open.fetch_sub(1, Ordering::Relaxed);
+            ctx.forget(id);
+            closed();
         });
     }
-    let _ = stop_tx.send(true);
-    let until = Instant::now() + Duration::from_secs(5);
-    while !registry
-        .conns
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .is_empty()
-        && Instant::now() < until
-    {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+}
+
+/// Accepts connections on `listener` and serves each with `service` in
+/// tasks of the current runtime until `shutdown` completes; then lets
+/// open connections finish for up to 5 s. (The admin listener; traffic
+/// goes through [`serve_on_workers`].)
+pub async fn serve<S>(
+    listener: TcpListener,
+    limits: Limits,
+    service: S,
+    stats: Arc<ServerStats>,
+    shutdown: impl Future<Output = ()>,
+) where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let ctx = ConnContext::new(limits, stats, stop_rx);
+    let accept_failures = larder::backend::FailureLog::new("proxy accept");
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => { accept_failures.success(); x }
+                Err(e) => {
+                    // Out of file descriptors, mostly: wait for some to close.
+                    accept_failures.failure(&e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        match ctx.admit(&stream) {
+            Some((id, state)) => ctx.spawn_conn(service.clone(), stream, peer, id, state, || {}),
+            None => {
+                tokio::spawn(refuse(stream));
+            }
+        }
     }
+    let _ = stop_tx.send(true);
+    ctx.drain().await;
 }
 
 /// Every connection is busy with a request: say so and close.

@@ -185,13 +185,12 @@ impl Upstream {
     }
 
     fn prepare(&self, req: &mut Request<Body>) {
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        // The request's own path and query, moved (not copied and parsed
+        // again) onto the origin's scheme and authority.
+        let path_and_query = std::mem::take(req.uri_mut()).into_parts().path_and_query;
         let mut parts = self.base.clone().into_parts();
-        parts.path_and_query = pq.parse().ok();
+        parts.path_and_query =
+            Some(path_and_query.unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")));
         if let Ok(uri) = Uri::from_parts(parts) {
             *req.uri_mut() = uri;
         }
@@ -202,20 +201,24 @@ impl Upstream {
         // the address this proxy saw; X-Forwarded-Proto: what the client
         // used here, whatever it claimed.
         if let Some(ip) = peer {
-            let chain = h
-                .get_all("x-forwarded-for")
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|v| !v.is_empty())
-                .collect::<Vec<_>>()
-                .join(", ");
-            let value = if chain.is_empty() {
-                ip.to_string()
+            let value = if h.contains_key("x-forwarded-for") {
+                let chain = h
+                    .get_all("x-forwarded-for")
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .map(str::trim)
+                    .filter(|v| !v.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if chain.is_empty() {
+                    ip.to_string()
+                } else {
+                    format!("{chain}, {ip}")
+                }
             } else {
-                format!("{chain}, {ip}")
+                ip.to_string()
             };
-            if let Ok(v) = HeaderValue::from_str(&value) {
+            if let Ok(v) = HeaderValue::try_from(value) {
                 h.insert("x-forwarded-for", v);
             }
         }
