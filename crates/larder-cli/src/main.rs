@@ -14,6 +14,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+/// hyper's buffers and the per-request futures and header maps are many
+/// short-lived allocations of mixed sizes, which glibc's allocator serves
+/// slowly from several threads (see docs/BENCHMARKS.md, 2026-12-07).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// larder: caching and denormalized data for Rust services.
 #[derive(Parser)]
 #[command(name = "larder", version, about, long_about = None)]
