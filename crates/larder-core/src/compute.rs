@@ -159,6 +159,9 @@ pub struct ComputeOptions {
     early_refresh: Option<f64>,
     lease_ttl: Duration,
     leases: bool,
+    /// The caller has just read the key and found nothing: no read of it
+    /// before computing (see [`Cache::get_or_compute_after_miss`]).
+    after_miss: bool,
 }
 
 impl ComputeOptions {
@@ -172,6 +175,7 @@ impl ComputeOptions {
             early_refresh: Some(1.0),
             lease_ttl: DEFAULT_LEASE_TTL,
             leases: true,
+            after_miss: false,
         }
     }
     /// How long values stay fresh.
@@ -328,6 +332,54 @@ impl Cache {
                 self.join_or_lead(key, &opts, loader, seen, fallback).await
             }
         }
+    }
+
+    /// [`Cache::get_or_compute`] for a caller that has just found, in its
+    /// own round trip, that `key` holds nothing usable (it read the key, or
+    /// a record that stands for it, as the query cache's stamp does): the
+    /// value
+    /// is computed (one computation per key in this process, and across
+    /// processes where the backend has leases) without reading the key
+    /// again first. On a remote store that saves the round trips that
+    /// `get_or_compute` spends looking before it computes (up to three on
+    /// Redis); the query cache uses it after its one-round-trip lookup.
+    ///
+    /// The pitfall it accepts: a value stored by someone else between the
+    /// caller's read and the computation is not seen, so it may be
+    /// computed twice. Never a stale value: the fill is still refused when
+    /// the entry changed (or was invalidated) while computing. No early
+    /// refresh, no stale serving.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap().block_on(async {
+    /// use larder_core::{Cache, DummyBackend, Error, Ttl};
+    /// let cache = Cache::new(DummyBackend);
+    /// let found: Option<u32> = cache.get("answer").await?; // the caller's own read
+    /// assert_eq!(found, None);
+    /// let v: u32 = cache
+    ///     .get_or_compute_after_miss("answer", Ttl::secs(60), || async { Ok::<_, Error>(42) })
+    ///     .await?;
+    /// assert_eq!(v, 42);
+    /// # Ok::<(), Error>(()) }).unwrap();
+    /// ```
+    pub async fn get_or_compute_after_miss<T, E, F, Fut>(
+        &self,
+        key: &str,
+        ttl: impl Into<Ttl>,
+        loader: F,
+    ) -> Result<T, ComputeError<E>>
+    where
+        T: Serialize + DeserializeOwned,
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: std::fmt::Display + Send + Sync + 'static,
+    {
+        let opts = ComputeOptions {
+            after_miss: true,
+            ..ComputeOptions::new(ttl).no_early_refresh()
+        };
+        // The caller's read was the lookup (and counted by the caller).
+        self.join_or_lead(key, &opts, loader, None, None).await
     }
 
     /// [`Cache::get_or_compute`] with options: stale-while-revalidate,
@@ -644,8 +696,12 @@ impl Cache {
         E: std::fmt::Display + Send + Sync + 'static,
     {
         // A flight that just ended here, or another process, may have
-        // stored the value since our read.
-        let now_raw = self.read_skey(key, skey).await;
+        // stored the value since our read (unless the caller read just now).
+        let now_raw = if opts.after_miss {
+            seen.clone()
+        } else {
+            self.read_skey(key, skey).await
+        };
         if now_raw != seen {
             match self.classify::<T>(key, now_raw.clone(), &opts.no_early_refresh(), unix_ms()) {
                 Lookup::Fresh(v) => {
@@ -804,6 +860,11 @@ impl Cache {
                 )
                 .await;
             match grant {
+                Ok(LeaseGrant::Won(lease)) if opts.after_miss && !waited => {
+                    // The caller read the key just before: a value stored
+                    // since costs one computation more, never a stale one.
+                    return LeaseWait::Compute(Some(lease));
+                }
                 Ok(LeaseGrant::Won(lease)) => {
                     // The previous holder may have filled and released just
                     // before we asked: then the value is there now.

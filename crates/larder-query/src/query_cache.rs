@@ -468,9 +468,12 @@ where
     /// A hit is one round trip to the store: the generations the query
     /// depends on and its result stamped with the generations it was
     /// computed under, read together; the result answers only if they
-    /// agree. A miss computes through [`Cache::get_or_compute`] under a
-    /// key made of those generations (single-flight, leases), then stamps
-    /// the result.
+    /// agree. A miss computes through [`Cache::get_or_compute_after_miss`]
+    /// under a key made of those generations (single-flight, leases;
+    /// without reading that key first, since the stamp just read stands
+    /// for it), then stamps the result: on Redis a miss is four round
+    /// trips besides the query (the lookup, the lease, its fill, the
+    /// stamp).
     pub async fn fetch_all<T>(&self, sql: &str, params: &[Param]) -> Result<Vec<T>, QueryError>
     where
         T: for<'r> FromRow<'r, DB::Row> + Serialize + DeserializeOwned + Send + Unpin,
@@ -494,7 +497,7 @@ where
                 let key = fingerprint(sql, params, &keys, &gens);
                 let rows = self
                     .cache
-                    .get_or_compute(&key, self.compute_copy_ttl(), || {
+                    .get_or_compute_after_miss(&key, self.compute_copy_ttl(), || {
                         self.counters.computed.fetch_add(1, Ordering::Relaxed);
                         self.run_all::<T>(sql, params)
                     })
