@@ -13,21 +13,21 @@ use larder_core::{
 };
 use larder_query::{Param, QueryCache, SqlDialect};
 
-/// MemBackend behind a counter of the operations asked of it (each one a
+/// A backend behind a counter of the operations asked of it (each one a
 /// round trip on a remote store).
-struct Counting {
-    inner: larder_mem::MemBackend,
+struct Counting<B> {
+    inner: B,
     ops: Arc<AtomicUsize>,
 }
 
-impl Counting {
+impl<B> Counting<B> {
     fn tick(&self) {
         self.ops.fetch_add(1, Ordering::SeqCst);
     }
 }
 
 #[async_trait]
-impl Backend for Counting {
+impl<B: Backend> Backend for Counting<B> {
     fn name(&self) -> &'static str {
         "counting"
     }
@@ -95,6 +95,10 @@ impl Backend for Counting {
     }
 }
 
+/// Store operations of a read that computes on a store without leases
+/// (the memory backend): the lookup, the generation-keyed copy, the stamp.
+const MISS_OPS: usize = 3;
+
 #[tokio::test]
 async fn a_hit_is_one_round_trip_and_never_older_than_a_write() {
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
@@ -154,7 +158,13 @@ async fn a_hit_is_one_round_trip_and_never_older_than_a_write() {
     qc.execute(insert, &[Param::from(1i64), Param::from("b")])
         .await
         .unwrap();
+    let before = ops.load(Ordering::SeqCst);
     assert_eq!(rows(&qc, 1).await, ["a", "b"]);
+    assert_eq!(
+        ops.load(Ordering::SeqCst) - before,
+        MISS_OPS,
+        "a miss reads nothing between its lookup and its computation"
+    );
     let before = ops.load(Ordering::SeqCst);
     assert_eq!(rows(&qc, 1).await, ["a", "b"]);
     assert_eq!(ops.load(Ordering::SeqCst) - before, 1);
@@ -172,5 +182,80 @@ async fn a_hit_is_one_round_trip_and_never_older_than_a_write() {
         rows(&qc, 1).await,
         ["a", "b", "outside"],
         "a table bump invalidates the stamped result"
+    );
+}
+
+/// On Redis (leases): a read that computes is the lookup, the lease, its
+/// fill and the stamp; nothing is read between the lookup and the query.
+/// A concurrent reader of the same query in another process waits for the
+/// lease holder instead of running the query too.
+#[tokio::test]
+async fn a_miss_on_redis_is_four_round_trips_and_one_computation_across_processes() {
+    let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        // One connection: each of `sqlite::memory:` is a database of its own.
+        .max_connections(1)
+        .connect("sqlite::memory:")
+        .await
+        .unwrap();
+    sqlx::query("CREATE TABLE comments (id INTEGER PRIMARY KEY, post_id INTEGER NOT NULL, body TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let prefix = format!("rt{}", fastrand::u64(..));
+    let process = |ops: Arc<AtomicUsize>| {
+        let (pool, prefix) = (pool.clone(), prefix.clone());
+        async move {
+            let mut url = larder_core::CacheUrl::parse("redis://127.0.0.1:6379/5").unwrap();
+            let redis = larder_redis::RedisBackend::from_url(&mut url)
+                .await
+                .expect("Redis on 127.0.0.1:6379 (scripts/services)");
+            let store = Cache::builder(Counting { inner: redis, ops })
+                .key_prefix(prefix)
+                .build()
+                .unwrap();
+            QueryCache::new(pool, store, SqlDialect::Sqlite, Ttl::secs(600))
+        }
+    };
+    let ops = Arc::new(AtomicUsize::new(0));
+    let qc = process(ops.clone()).await;
+    let read = "SELECT id, body FROM comments WHERE post_id = ? ORDER BY id";
+    qc.execute(
+        "INSERT INTO comments (post_id, body) VALUES (?, ?)",
+        &[Param::from(1i64), Param::from("a")],
+    )
+    .await
+    .unwrap();
+    // Creates the generations (a first read of a table does).
+    let _ = qc
+        .fetch_all::<(i64, String)>(read, &[Param::from(2i64)])
+        .await
+        .unwrap();
+    let before = ops.load(Ordering::SeqCst);
+    let rows = qc
+        .fetch_all::<(i64, String)>(read, &[Param::from(1i64)])
+        .await
+        .unwrap();
+    assert_eq!(rows, [(1, "a".to_owned())]);
+    assert_eq!(
+        ops.load(Ordering::SeqCst) - before,
+        4,
+        "lookup, lease, fill, stamp"
+    );
+
+    // Two processes read a query none has cached, at once: one runs it.
+    let slow = "SELECT id, body FROM comments WHERE post_id = ? AND (SELECT count(*) FROM \
+                (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300000) \
+                SELECT i FROM n)) > 0 ORDER BY id";
+    let other = process(Arc::new(AtomicUsize::new(0))).await;
+    let post = [Param::from(1i64)];
+    let (a, b) = tokio::join!(
+        qc.fetch_all::<(i64, String)>(slow, &post),
+        other.fetch_all::<(i64, String)>(slow, &post),
+    );
+    assert_eq!(a.unwrap(), b.unwrap());
+    assert_eq!(
+        qc.stats().computed + other.stats().computed,
+        3,
+        "one computation of the slow query (and the two reads before)"
     );
 }
