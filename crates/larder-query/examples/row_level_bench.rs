@@ -82,6 +82,24 @@ struct Phase {
     wall: Duration,
     hit_ratio: Option<f64>,
     writes: u64,
+    /// Microseconds of the reads that were hits and of those that computed.
+    hit_us: Vec<u64>,
+    miss_us: Vec<u64>,
+}
+
+/// "avg / p50 / p99 µs (n)" of `v`, sorted here.
+fn latency(v: &mut [u64]) -> String {
+    if v.is_empty() {
+        return "-".into();
+    }
+    v.sort_unstable();
+    let avg = v.iter().sum::<u64>() / v.len() as u64;
+    format!(
+        "{avg} / {} / {} us ({})",
+        v[v.len() / 2],
+        v[v.len() * 99 / 100],
+        v.len()
+    )
 }
 
 async fn phase(
@@ -147,12 +165,20 @@ async fn phase(
     let mut rng = fastrand::Rng::with_seed(11);
     let started = Instant::now();
     let mut reads = 0u64;
+    let (mut hit_us, mut miss_us) = (Vec::new(), Vec::new());
     while started.elapsed() < Duration::from_secs(secs) {
         let post = rng.i64(1..=POSTS);
+        let computed = qc.as_ref().map(|q| q.stats().computed);
+        let t = Instant::now();
         let rows: Vec<Comment> = match &qc {
             Some(qc) => qc.fetch_all(READ, &[Param::from(post)]).await?,
             None => sqlx::query_as(READ).bind(post).fetch_all(pool).await?,
         };
+        let us = t.elapsed().as_micros() as u64;
+        match (qc.as_ref().map(|q| q.stats().computed), computed) {
+            (Some(after), Some(before)) if after > before => miss_us.push(us),
+            _ => hit_us.push(us),
+        }
         debug_assert!(rows
             .iter()
             .all(|c| c.post_id == post && c.id > 0 && !c.body.is_empty()));
@@ -183,6 +209,8 @@ async fn phase(
         wall,
         hit_ratio,
         writes,
+        hit_us,
+        miss_us,
     })
 }
 
@@ -239,6 +267,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             results[0].writes,
             results[1].writes,
             results[2].writes
+        );
+        // Read latency (avg / p50 / p99): uncached; row-level hits; row-level
+        // reads that computed.
+        let (u, r) = (&mut results[0].hit_us.clone(), &mut results[2]);
+        eprintln!(
+            "{:>9}   latency: uncached {}; row hits {}; row misses {}",
+            rate,
+            latency(u),
+            latency(&mut r.hit_us),
+            latency(&mut r.miss_us)
         );
     }
     sqlx::raw_sql("DROP TABLE IF EXISTS rlb_comments; DROP TABLE IF EXISTS rlb_posts")
