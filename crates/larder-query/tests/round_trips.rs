@@ -95,13 +95,10 @@ impl<B: Backend> Backend for Counting<B> {
     }
 }
 
-/// Store operations of a read that computes on a store without leases
-/// (the memory backend): the lookup, the generation-keyed copy, the stamp.
-const MISS_OPS: usize = 3;
-
-#[tokio::test]
-async fn a_hit_is_one_round_trip_and_never_older_than_a_write() {
+/// An in-memory SQLite database with a `comments` table.
+async fn comments_db() -> sqlx::SqlitePool {
     let pool = sqlx::sqlite::SqlitePoolOptions::new()
+        // One connection: each of `sqlite::memory:` is a database of its own.
         .max_connections(1)
         .connect("sqlite::memory:")
         .await
@@ -110,6 +107,16 @@ async fn a_hit_is_one_round_trip_and_never_older_than_a_write() {
         .execute(&pool)
         .await
         .unwrap();
+    pool
+}
+
+/// Store operations of a read that computes on a store without leases
+/// (the memory backend): the lookup, the generation-keyed copy, the stamp.
+const MISS_OPS: usize = 3;
+
+#[tokio::test]
+async fn a_hit_is_one_round_trip_and_never_older_than_a_write() {
+    let pool = comments_db().await;
     let ops = Arc::new(AtomicUsize::new(0));
     let store = Cache::builder(Counting {
         inner: larder_mem::MemBackend::default(),
@@ -191,16 +198,7 @@ async fn a_hit_is_one_round_trip_and_never_older_than_a_write() {
 /// lease holder instead of running the query too.
 #[tokio::test]
 async fn a_miss_on_redis_is_four_round_trips_and_one_computation_across_processes() {
-    let pool = sqlx::sqlite::SqlitePoolOptions::new()
-        // One connection: each of `sqlite::memory:` is a database of its own.
-        .max_connections(1)
-        .connect("sqlite::memory:")
-        .await
-        .unwrap();
-    sqlx::query("CREATE TABLE comments (id INTEGER PRIMARY KEY, post_id INTEGER NOT NULL, body TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let pool = comments_db().await;
     let prefix = format!("rt{}", fastrand::u64(..));
     let process = |ops: Arc<AtomicUsize>| {
         let (pool, prefix) = (pool.clone(), prefix.clone());

@@ -389,6 +389,52 @@ impl ServerStats {
     }
 }
 
+/// The service a connection's requests go to.
+pub trait ConnService:
+    Service<
+        Request<Incoming>,
+        Response = Response<Body>,
+        Error = Infallible,
+        Future: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S> ConnService for S where
+    S: Service<
+            Request<Incoming>,
+            Response = Response<Body>,
+            Error = Infallible,
+            Future: Send + 'static,
+        > + Clone
+        + Send
+        + 'static
+{
+}
+
+/// Accepts the next connection; a failure (out of file descriptors,
+/// mostly) is logged and waited out.
+async fn accept(
+    listener: &TcpListener,
+    failures: &larder::backend::FailureLog,
+) -> (TcpStream, std::net::SocketAddr) {
+    loop {
+        match listener.accept().await {
+            Ok(x) => {
+                failures.success();
+                return x;
+            }
+            Err(e) => {
+                // Wait for some descriptors to close.
+                failures.failure(&e);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
 /// A connection accepted and counted by one worker, handed to another
 /// that serves fewer.
 struct Accepted {
@@ -429,11 +475,7 @@ pub async fn serve_on_workers<S, F>(
 ) -> io::Result<()>
 where
     F: Fn() -> S + Send + Clone + 'static,
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnService,
 {
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = ConnContext::new(limits, stats, stop_rx);
@@ -483,11 +525,7 @@ async fn worker<S>(
     peers: Arc<[Peer]>,
     service: S,
 ) where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnService,
 {
     let accept_failures = larder::backend::FailureLog::new("proxy accept");
     let mut stop = ctx.stop.clone();
@@ -502,16 +540,7 @@ async fn worker<S>(
     };
     loop {
         tokio::select! {
-            r = listener.accept() => {
-                let (stream, peer) = match r {
-                    Ok(x) => { accept_failures.success(); x }
-                    Err(e) => {
-                        // Out of file descriptors, mostly: wait for some to close.
-                        accept_failures.failure(&e);
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
+            (stream, peer) = accept(&listener, &accept_failures) => {
                 let Some((id, state)) = ctx.admit(&stream) else {
                     tokio::spawn(refuse(stream));
                     continue;
@@ -660,11 +689,7 @@ impl ConnContext {
         state: Arc<ConnState>,
         closed: impl FnOnce() + Send + 'static,
     ) where
-        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-            + Clone
-            + Send
-            + 'static,
-        S::Future: Send + 'static,
+        S: ConnService,
     {
         let conn_state = state.clone();
         let hyper_svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -737,11 +762,7 @@ pub async fn serve<S>(
     stats: Arc<ServerStats>,
     shutdown: impl Future<Output = ()>,
 ) where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
+    S: ConnService,
 {
     let (stop_tx, stop_rx) = watch::channel(false);
     let ctx = ConnContext::new(limits, stats, stop_rx);
@@ -749,15 +770,7 @@ pub async fn serve<S>(
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => { accept_failures.success(); x }
-                Err(e) => {
-                    // Out of file descriptors, mostly: wait for some to close.
-                    accept_failures.failure(&e);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            conn = accept(&listener, &accept_failures) => conn,
             _ = &mut shutdown => break,
         };
         match ctx.admit(&stream) {
