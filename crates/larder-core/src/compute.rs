@@ -337,10 +337,9 @@ impl Cache {
     /// [`Cache::get_or_compute`] for a caller that has just found, in its
     /// own round trip, that `key` holds nothing usable (it read the key, or
     /// a record that stands for it, as the query cache's stamp does): the
-    /// value
-    /// is computed (one computation per key in this process, and across
-    /// processes where the backend has leases) without reading the key
-    /// again first. On a remote store that saves the round trips that
+    /// value is computed (one computation per key in this process, and
+    /// across processes where the backend has leases) without reading the
+    /// key again first. On a remote store that saves the round trips that
     /// `get_or_compute` spends looking before it computes (up to three on
     /// Redis); the query cache uses it after its one-round-trip lookup.
     ///

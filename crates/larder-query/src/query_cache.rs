@@ -42,8 +42,8 @@ where
 /// The key of a read is a fingerprint of its SQL, its parameters and the
 /// current generation of every table it reads (plus a global one bumped by
 /// statements that cannot be analyzed); the result is computed with
-/// [`Cache::get_or_compute`] (single-flight, leases, fail-open: with the
-/// cache down the query still runs). A write through [`QueryCache::execute`]
+/// [`Cache::get_or_compute_after_miss`] (single-flight, leases, fail-open:
+/// with the cache down the query still runs). A write through [`QueryCache::execute`]
 /// bumps the generations of the tables it wrote once it has run (in
 /// autocommit: once it has committed), so no result computed before it
 /// matches again.

@@ -235,8 +235,9 @@ pub fn run(mut args: ProxyArgs, config: Option<&str>) -> Result<(), CliError> {
     if args.cdn {
         target_fields.push(larder_http::CDN_CACHE_CONTROL);
     }
-    // The acceptor, the admin listener and the cache's own connections run
-    // here; traffic is served on the worker threads (`server::Workers`).
+    // The admin listener, signals and the cache store's own connections
+    // run here; traffic is accepted and served on the worker threads
+    // (`server::serve_on_workers`), each with a runtime of its own.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -531,11 +531,9 @@ async fn worker<S>(
     let mut stop = ctx.stop.clone();
     let serve_here = |stream, peer, id, state| {
         peers[me].open.fetch_add(1, Ordering::AcqRel);
-        let (peers, done) = (peers.clone(), move |peers: &[Peer]| {
-            peers[me].open.fetch_sub(1, Ordering::AcqRel);
-        });
+        let peers = peers.clone();
         ctx.spawn_conn(service.clone(), stream, peer, id, state, move || {
-            done(&peers)
+            peers[me].open.fetch_sub(1, Ordering::AcqRel);
         });
     };
     loop {
